@@ -1,0 +1,13 @@
+"""Pure functions over (B, H, T, D) tensors."""
+
+from .attention import causal_mask, dot_product_attention, padding_mask, repeat_kv
+from .rotary import apply_rotary, rotary_angles
+
+__all__ = [
+    "apply_rotary",
+    "causal_mask",
+    "dot_product_attention",
+    "padding_mask",
+    "repeat_kv",
+    "rotary_angles",
+]

@@ -1,0 +1,22 @@
+"""Model families, each built from its config dataclass."""
+
+from .encoder import (
+    MaskedLMHead, SequenceClassificationHead, TransformerEncoder, TransformerEncoderConfig, mask_tokens,
+)
+from .lm import TransformerLM, TransformerLMConfig
+from .rnn import RNNSeq2Seq, RNNSeq2SeqConfig
+from .transformer import Transformer, TransformerConfig
+
+__all__ = [
+    "MaskedLMHead",
+    "RNNSeq2Seq",
+    "RNNSeq2SeqConfig",
+    "SequenceClassificationHead",
+    "Transformer",
+    "TransformerConfig",
+    "TransformerEncoder",
+    "TransformerEncoderConfig",
+    "TransformerLM",
+    "TransformerLMConfig",
+    "mask_tokens",
+]

@@ -1,0 +1,132 @@
+"""Encoder-only Transformer (BERT-style bidirectional self-attention) with masked-LM and classification heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, check_choice, check_dropout, check_heads, check_positive
+from ..nn import make_norm
+from ..nn.layers import ACTIVATIONS, activation_fn
+from .common import POSITIONALS, Embeddings, check_key_mask, check_tokens, make_blocks, run_blocks
+
+
+@dataclass
+class TransformerEncoderConfig(Config):
+    vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int = 1024
+    max_len: int = 512
+    dropout: float = 0.1
+    positional: str = "learned"
+    n_token_types: int = 0  # BERT's segment embeddings (2); 0 for none
+    embed_norm: bool = False  # BERT normalizes the summed embeddings
+    norm_first: bool = True  # BERT is post-norm (False)
+    norm_eps: float = 1e-5
+    activation: str = "gelu"
+    pad_id: int | None = None
+
+    def __post_init__(self):
+        check_positive(self, "vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len")
+        check_heads(self)
+        check_dropout(self, "dropout")
+        check_choice(self, "positional", POSITIONALS)
+        check_choice(self, "activation", ACTIVATIONS)
+        if self.positional == "rotary":
+            raise ValueError("TransformerEncoderConfig.positional: rotary is not supported here; use learned or sinusoidal")
+        if self.n_token_types < 0:
+            raise ValueError(f"n_token_types must be >= 0, got {self.n_token_types}")
+
+
+class TransformerEncoder(nn.Module):
+    """Bidirectional encoder: every position attends to every (unpadded) position.
+
+    ``forward(tokens, mask=None) -> hidden states (B, T, d_model)``; put a :class:`MaskedLMHead` or a
+    :class:`SequenceClassificationHead` on top.
+    """
+
+    def __init__(self, config: TransformerEncoderConfig):
+        super().__init__()
+        c = self.config = config
+        self.embed = Embeddings(
+            c.vocab_size, c.d_model, max_len=c.max_len, positional=c.positional, dropout=c.dropout,
+            n_token_types=c.n_token_types, norm="layer" if c.embed_norm else None, norm_eps=c.norm_eps,
+        )
+        self.blocks = make_blocks(
+            c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_ff=c.d_ff, norm_first=c.norm_first,
+            norm_eps=c.norm_eps, activation=c.activation, dropout=c.dropout,
+        )
+        self.norm = make_norm("layer", c.d_model, c.norm_eps) if c.norm_first else nn.Identity()
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, token_types: Tensor | None = None) -> Tensor:
+        """tokens (B, T) -> hidden states (B, T, d_model); ``mask`` (B, T) is True for real tokens."""
+        check_tokens(tokens, self.config.vocab_size)
+        if mask is None and self.config.pad_id is not None:
+            mask = tokens != self.config.pad_id
+        attn_mask = check_key_mask(mask, tokens, "mask")
+        if token_types is not None:
+            check_tokens(token_types, max(self.config.n_token_types, 1), "token_types")
+        x, _ = run_blocks(self.blocks, self.embed(tokens, token_types=token_types), mask=attn_mask)
+        return self.norm(x)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's prediction head: dense, activation, layer norm, then a projection to the vocabulary
+    (pass ``embedding`` to tie it to the input embedding)."""
+
+    def __init__(self, d_model: int, vocab_size: int, *, activation: str = "gelu", norm_eps: float = 1e-5,
+                 embedding: nn.Embedding | None = None):
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.act = activation_fn(activation)
+        self.norm = nn.LayerNorm(d_model, eps=norm_eps)
+        self.decoder = nn.Linear(d_model, vocab_size)
+        if embedding is not None:
+            self.decoder.weight = embedding.weight
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(B, T, d_model) -> logits (B, T, vocab_size)."""
+        return self.decoder(self.norm(self.act(self.dense(hidden))))
+
+
+class SequenceClassificationHead(nn.Module):
+    """Pools the hidden states ("cls": the first position; "mean": mean over real tokens) and classifies."""
+
+    def __init__(self, d_model: int, n_classes: int, *, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(d_model, n_classes)
+
+    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, T, d_model), mask (B, T) -> logits (B, n_classes)."""
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            m = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask.to(hidden.dtype)
+            pooled = (hidden * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+        return self.classifier(self.dropout(pooled))
+
+
+def mask_tokens(
+    tokens: Tensor, *, mask_id: int, vocab_size: int, p: float = 0.15, special: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """BERT's masking for masked-LM training: choose a fraction ``p`` of the (non-special) positions;
+    of those 80% become ``mask_id``, 10% a random token, 10% stay. Returns (inputs, labels) with
+    labels = -100 (ignored by cross-entropy) at positions not chosen."""
+    candidates = torch.ones_like(tokens, dtype=torch.bool) if special is None else ~special
+    u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+    chosen = (u < p) & candidates
+    labels = tokens.masked_fill(~chosen, -100)
+    r = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+    random_ids = torch.randint(0, vocab_size, tokens.shape, generator=generator, device=tokens.device)
+    inputs = torch.where(chosen & (r < 0.8), torch.full_like(tokens, mask_id), tokens)
+    inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs)
+    return inputs, labels

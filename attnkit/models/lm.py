@@ -1,0 +1,112 @@
+"""Decoder-only Transformer language model (GPT-style; with rotary/RMSNorm/SwiGLU options, Llama-style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, check_choice, check_dropout, check_heads, check_positive
+from ..generation import generate
+from ..nn import make_norm
+from ..nn.block import BlockCache
+from ..nn.layers import ACTIVATIONS
+from .common import POSITIONALS, Embeddings, cache_length, check_key_mask, check_tokens, make_blocks, run_blocks
+
+
+@dataclass
+class TransformerLMConfig(Config):
+    vocab_size: int = 256
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int = 1024
+    max_len: int = 1024
+    dropout: float = 0.1
+    positional: str = "learned"  # sinusoidal | learned | rotary | none
+    rope_base: float = 10000.0
+    norm: str = "layer"  # layer | rms
+    norm_first: bool = True
+    norm_eps: float = 1e-5
+    activation: str = "gelu"
+    bias: bool = True
+    d_head: int | None = None
+    n_kv_heads: int | None = None
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        check_positive(self, "vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len")
+        check_heads(self)
+        check_dropout(self, "dropout")
+        check_choice(self, "positional", POSITIONALS)
+        check_choice(self, "norm", ("layer", "rms"))
+        check_choice(self, "activation", ACTIVATIONS)
+
+
+LMCache = list[BlockCache]
+
+
+class TransformerLM(nn.Module):
+    """Causal language model: embeddings, n_layers causal blocks, (final norm), output projection.
+
+    ``forward(tokens) -> logits`` for training; ``step(tokens, cache) -> (logits, cache)`` for
+    incremental decoding with an explicit KV cache; ``generate`` for text.
+    """
+
+    def __init__(self, config: TransformerLMConfig):
+        super().__init__()
+        c = self.config = config
+        self.embed = Embeddings(
+            c.vocab_size, c.d_model, max_len=c.max_len, positional=c.positional, dropout=c.dropout
+        )
+        self.blocks = make_blocks(
+            c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_ff=c.d_ff, causal=True,
+            norm_first=c.norm_first, norm=c.norm, norm_eps=c.norm_eps, activation=c.activation,
+            dropout=c.dropout, bias=c.bias, d_head=c.d_head, n_kv_heads=c.n_kv_heads,
+            rotary_base=c.rope_base if c.positional == "rotary" else None,
+        )
+        self.norm = make_norm(c.norm, c.d_model, c.norm_eps) if c.norm_first else nn.Identity()
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.embed.token.weight
+
+    def _run(self, tokens, mask, caches):
+        check_tokens(tokens, self.config.vocab_size)
+        attn_mask = check_key_mask(mask, tokens, "mask")
+        x = self.embed(tokens, offset=cache_length(caches))  # (B, T, d_model)
+        x, caches = run_blocks(self.blocks, x, caches, mask=attn_mask)
+        return self.lm_head(self.norm(x)), caches  # (B, T, vocab)
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """tokens (B, T) -> logits (B, T, vocab_size). ``mask`` (B, T) marks real tokens (True)."""
+        return self._run(tokens, mask, None)[0]
+
+    def step(self, tokens: Tensor, cache: LMCache | None = None) -> tuple[Tensor, LMCache]:
+        """Run ``tokens`` (B, t) after the positions held in ``cache`` -> (logits (B, t, V), new cache)."""
+        return self._run(tokens, None, cache)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continue ``tokens`` (B, T) -> (B, T + n), n <= max_new_tokens; greedy at temperature 0."""
+        check_tokens(tokens, self.config.vocab_size)
+        if tokens.shape[1] == 0:
+            raise ValueError("tokens is empty: generation needs a prompt of at least one token")
+        if tokens.shape[1] + max_new_tokens > self.config.max_len:
+            raise ValueError(
+                f"prompt ({tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
+                f"max_len={self.config.max_len}"
+            )
+        return generate(
+            self.step, tokens, max_new_tokens, eos_id=eos_id, temperature=temperature,
+            top_k=top_k, top_p=top_p, generator=generator,
+        )

@@ -1,0 +1,131 @@
+"""The baseline the Transformer replaced: an RNN encoder-decoder with additive attention
+(Bahdanau, Cho, Bengio 2015), as in the classic "translation with a sequence to sequence network
+and attention" setup. A bidirectional GRU/LSTM reads the source; at each target step the decoder
+scores every encoder state against its previous state, e_j = v^T tanh(W s + U h_j), and feeds the
+attention-weighted context together with the previous target token into its recurrent cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, check_choice, check_dropout, check_positive
+from ..generation import generate
+from .common import check_key_mask, check_same_batch, check_tokens
+
+
+@dataclass
+class RNNSeq2SeqConfig(Config):
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 8000
+    d_embed: int = 256
+    d_hidden: int = 512
+    cell: str = "gru"  # gru | lstm
+    n_layers: int = 1
+    dropout: float = 0.1
+    max_len: int = 256
+    pad_id: int | None = None
+
+    def __post_init__(self):
+        check_positive(self, "src_vocab_size", "tgt_vocab_size", "d_embed", "d_hidden", "n_layers", "max_len")
+        check_choice(self, "cell", ("gru", "lstm"))
+        check_dropout(self, "dropout")
+
+
+class AdditiveAttention(nn.Module):
+    """score(s, h_j) = v^T tanh(W s + U h_j), softmax over the unmasked j, context = sum_j a_j h_j."""
+
+    def __init__(self, d_query: int, d_key: int, d_attn: int):
+        super().__init__()
+        self.W = nn.Linear(d_query, d_attn, bias=False)
+        self.U = nn.Linear(d_key, d_attn)
+        self.v = nn.Linear(d_attn, 1, bias=False)
+
+    def forward(self, s: Tensor, keys_proj: Tensor, keys: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """s (B, d_query), keys_proj = U(keys) (B, S, d_attn), keys (B, S, d_key), mask (B, S)
+        -> context (B, d_key), weights (B, S)."""
+        scores = self.v(torch.tanh(self.W(s)[:, None] + keys_proj)).squeeze(-1)  # (B, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        return (weights[:, :, None] * keys).sum(1), weights
+
+
+class RNNSeq2Seq(nn.Module):
+    """GRU/LSTM encoder-decoder with additive attention. Same interface as :class:`Transformer`:
+    ``forward(src, tgt) -> logits``, ``generate(src, max_new_tokens, bos_id=..., eos_id=...)``."""
+
+    def __init__(self, config: RNNSeq2SeqConfig):
+        super().__init__()
+        c = self.config = config
+        rnn = nn.GRU if c.cell == "gru" else nn.LSTM
+        H = c.d_hidden
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_embed)
+        self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.d_embed)
+        inner_dropout = c.dropout if c.n_layers > 1 else 0.0
+        self.encoder = rnn(c.d_embed, H, c.n_layers, batch_first=True, bidirectional=True, dropout=inner_dropout)
+        self.bridge = nn.Linear(2 * H, H)  # last encoder states (both directions) -> first decoder state
+        self.attention = AdditiveAttention(H, 2 * H, H)
+        self.decoder = rnn(c.d_embed + 2 * H, H, c.n_layers, batch_first=True, dropout=inner_dropout)
+        self.out = nn.Sequential(nn.Linear(H + 2 * H + c.d_embed, H), nn.Tanh(), nn.Linear(H, c.tgt_vocab_size))
+        self.dropout = nn.Dropout(c.dropout)
+
+    def _src_mask(self, src, src_mask):
+        if src_mask is None and self.config.pad_id is not None:
+            src_mask = src != self.config.pad_id
+        if src_mask is not None:
+            check_key_mask(src_mask, src, "src_mask")
+        return src_mask
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None):
+        """src (B, S) -> (encoder states (B, S, 2H), their projection for attention, first decoder state)."""
+        check_tokens(src, self.config.src_vocab_size, "src")
+        src_mask = self._src_mask(src, src_mask)
+        x = self.dropout(self.src_embed(src))  # (B, S, E)
+        if src_mask is not None:
+            lengths = src_mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            states, last = self.encoder(packed)
+            states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=src.shape[1])
+        else:
+            states, last = self.encoder(x)  # (B, S, 2H)
+        h = last[0] if isinstance(last, tuple) else last  # (2 * n_layers, B, H)
+        B = src.shape[0]
+        h = h.view(self.config.n_layers, 2, B, -1)
+        h0 = torch.tanh(self.bridge(torch.cat([h[:, 0], h[:, 1]], dim=-1)))  # (n_layers, B, H)
+        state = (h0, torch.zeros_like(h0)) if self.config.cell == "lstm" else h0
+        return states, self.attention.U(states), state, src_mask
+
+    def _decode(self, tgt: Tensor, memory, state):
+        """Teacher-forced or incremental decoding of tgt (B, T) from ``state`` -> logits (B, T, V), state."""
+        states, keys_proj, src_mask = memory
+        emb = self.dropout(self.tgt_embed(tgt))  # (B, T, E)
+        logits = []
+        for t in range(tgt.shape[1]):
+            top = (state[0] if isinstance(state, tuple) else state)[-1]  # (B, H)
+            context, _ = self.attention(top, keys_proj, states, src_mask)  # (B, 2H)
+            out, state = self.decoder(torch.cat([emb[:, t], context], dim=-1)[:, None], state)
+            features = torch.cat([out[:, 0], context, emb[:, t]], dim=-1)
+            logits.append(self.out(self.dropout(features)))
+        return torch.stack(logits, dim=1), state
+
+    def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None) -> Tensor:
+        """src (B, S), tgt (B, T) shifted right -> logits (B, T, tgt_vocab_size). ``tgt_mask`` is unused
+        (a recurrent decoder only reads earlier tokens); it is accepted for interface parity."""
+        check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
+        check_same_batch(src=src, tgt=tgt)
+        states, keys_proj, state, src_mask = self.encode(src, src_mask)
+        return self._decode(tgt, (states, keys_proj, src_mask), state)[0]
+
+    @torch.no_grad()
+    def generate(self, src: Tensor, max_new_tokens: int, *, bos_id: int, eos_id: int | None = None,
+                 src_mask: Tensor | None = None, **sampling) -> Tensor:
+        """Translate ``src`` (B, S): target tokens (B, 1 + n) starting with ``bos_id``, greedy by default."""
+        states, keys_proj, state0, src_mask = self.encode(src, src_mask)
+        memory = (states, keys_proj, src_mask)
+        step = lambda tokens, state: self._decode(tokens, memory, state0 if state is None else state)  # noqa: E731
+        start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
+        return generate(step, start, max_new_tokens, eos_id=eos_id, **sampling)

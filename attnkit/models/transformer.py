@@ -1,0 +1,162 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, check_choice, check_dropout, check_heads, check_positive
+from ..generation import generate
+from ..nn import make_norm
+from ..nn.block import BlockCache
+from ..nn.layers import ACTIVATIONS
+from .common import (
+    POSITIONALS, Embeddings, cache_length, check_key_mask, check_same_batch, check_tokens, make_blocks,
+    run_blocks,
+)
+
+
+@dataclass
+class TransformerConfig(Config):
+    src_vocab_size: int = 8000
+    tgt_vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 3  # encoder layers
+    n_decoder_layers: int | None = None  # default: n_layers
+    d_ff: int = 1024
+    max_len: int = 256
+    dropout: float = 0.1
+    positional: str = "sinusoidal"
+    norm_first: bool = True  # the paper is post-norm (False); pre-norm trains more easily
+    norm_eps: float = 1e-5
+    activation: str = "relu"
+    share_embeddings: bool = False  # one embedding for source and target (needs one vocabulary)
+    tie_output: bool = True  # the output projection is the target embedding (paper, section 3.4)
+    pad_id: int | None = None  # if set, padding masks are derived from the tokens
+
+    def __post_init__(self):
+        check_positive(self, "src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len")
+        if self.n_decoder_layers is not None:
+            check_positive(self, "n_decoder_layers")
+        check_heads(self)
+        check_dropout(self, "dropout")
+        check_choice(self, "positional", POSITIONALS)
+        check_choice(self, "activation", ACTIVATIONS)
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError(
+                f"share_embeddings needs one vocabulary, but src_vocab_size={self.src_vocab_size} and "
+                f"tgt_vocab_size={self.tgt_vocab_size}; make them equal or set share_embeddings=False"
+            )
+        if self.pad_id is not None and not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
+            raise ValueError(f"pad_id={self.pad_id} must be a valid id in both vocabularies")
+
+    @classmethod
+    def base(cls, **overrides) -> "TransformerConfig":
+        """The paper's base model (Table 3): 6+6 layers, d_model 512, 8 heads, d_ff 2048, dropout 0.1,
+        post-norm, a shared source/target BPE vocabulary of 37,000 with one embedding matrix shared
+        by the encoder, the decoder and the output projection: about 63M parameters (the paper: 65M)."""
+        values = dict(
+            src_vocab_size=37000, tgt_vocab_size=37000, d_model=512, n_heads=8, n_layers=6, d_ff=2048,
+            max_len=512, dropout=0.1, positional="sinusoidal", norm_first=False, share_embeddings=True,
+            tie_output=True,
+        )
+        return cls(**{**values, **overrides})
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer for sequence-to-sequence tasks (translation).
+
+    ``forward(src, tgt) -> logits`` with teacher forcing; ``encode`` and ``decode`` for inference;
+    ``generate`` decodes greedily or by sampling with a KV cache.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        c = self.config = config
+        emb = dict(d_model=c.d_model, max_len=c.max_len, positional=c.positional, dropout=c.dropout, scale=True)
+        self.src_embed = Embeddings(c.src_vocab_size, **emb)
+        self.tgt_embed = Embeddings(c.tgt_vocab_size, **emb)
+        if c.share_embeddings:
+            self.tgt_embed.token = self.src_embed.token
+        block = dict(
+            d_model=c.d_model, n_heads=c.n_heads, d_ff=c.d_ff, norm_first=c.norm_first, norm_eps=c.norm_eps,
+            activation=c.activation, dropout=c.dropout,
+        )
+        self.encoder = make_blocks(c.n_layers, **block)
+        self.decoder = make_blocks(c.n_decoder_layers or c.n_layers, causal=True, cross_attention=True, **block)
+        final_norm = lambda: make_norm("layer", c.d_model, c.norm_eps) if c.norm_first else nn.Identity()  # noqa: E731
+        self.encoder_norm, self.decoder_norm = final_norm(), final_norm()
+        self.out_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        if c.tie_output:
+            self.out_proj.weight = self.tgt_embed.token.weight
+
+    def _mask(self, tokens, mask, name):
+        if mask is None and self.config.pad_id is not None:
+            mask = tokens != self.config.pad_id
+        return check_key_mask(mask, tokens, name)
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """src (B, S) -> memory (B, S, d_model). ``src_mask`` (B, S): True for real tokens."""
+        check_tokens(src, self.config.src_vocab_size, "src")
+        attn_mask = self._mask(src, src_mask, "src_mask")
+        x, _ = run_blocks(self.encoder, self.src_embed(src), mask=attn_mask)
+        return self.encoder_norm(x)
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        src_mask: Tensor | None = None,
+        tgt_mask: Tensor | None = None,
+        cache: list[BlockCache] | None = None,
+        src: Tensor | None = None,
+    ) -> tuple[Tensor, list[BlockCache]]:
+        """tgt (B, T) after the cached positions, memory (B, S, d_model) -> (logits (B, T, V), cache).
+
+        ``src_mask`` (B, S) masks padded source positions (or pass ``src`` with ``pad_id`` set).
+        """
+        check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
+        check_same_batch(tgt=tgt, memory=memory)
+        if src_mask is None and src is not None:
+            src_mask = self._mask(src, None, "src_mask")
+        elif src_mask is not None:
+            src_mask = check_key_mask(src_mask, memory[..., 0], "src_mask")
+        tgt_attn = self._mask(tgt, tgt_mask, "tgt_mask") if cache is None else None
+        x = self.tgt_embed(tgt, offset=cache_length(cache))
+        x, cache = run_blocks(self.decoder, x, cache, mask=tgt_attn, context=memory, context_mask=src_mask)
+        return self.out_proj(self.decoder_norm(x)), cache
+
+    def forward(
+        self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None
+    ) -> Tensor:
+        """src (B, S), tgt (B, T) (the shifted-right target) -> logits (B, T, tgt_vocab_size)."""
+        check_tokens(src, self.config.src_vocab_size, "src")
+        check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
+        check_same_batch(src=src, tgt=tgt)
+        memory = self.encode(src, src_mask)
+        if src_mask is None and self.config.pad_id is not None:
+            src_mask = src != self.config.pad_id
+        return self.decode(tgt, memory, src_mask, tgt_mask)[0]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        src: Tensor,
+        max_new_tokens: int,
+        *,
+        bos_id: int,
+        eos_id: int | None = None,
+        src_mask: Tensor | None = None,
+        **sampling,
+    ) -> Tensor:
+        """Translate ``src`` (B, S): target tokens (B, 1 + n) starting with ``bos_id``, greedy by default."""
+        if src_mask is None and self.config.pad_id is not None:
+            src_mask = src != self.config.pad_id
+        memory = self.encode(src, src_mask)
+        start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
+        max_new_tokens = min(max_new_tokens, self.config.max_len - 1)
+        step = lambda tokens, cache: self.decode(tokens, memory, src_mask, cache=cache)  # noqa: E731
+        return generate(step, start, max_new_tokens, eos_id=eos_id, **sampling)

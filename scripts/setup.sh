@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets attnkit up on a fresh Debian/Ubuntu machine, idempotently:
+#   - Debian packages with the real corpora (King James Bible, German-English sentence pairs);
+#   - a virtual environment in .venv with PyTorch (the CPU wheel pinned where the machine has it)
+#     and attnkit installed in editable mode with its data and test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES="sword-text-kjv trans-de-en"
+missing=""
+for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian packages:$missing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  else
+    echo "setup: please install the Debian packages:$missing (sudo apt-get install$missing)" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip >/dev/null 2>&1 || true
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  # torch 2.13.0 lies on disk as a CPU wheel here; without the pin pip would fetch a multi-GB CUDA build.
+  echo "setup: installing torch"
+  $PIP install -q "torch==2.13.0" || $PIP install -q "torch>=2.5"
+fi
+echo "setup: installing attnkit and its extras"
+$PIP install -q -e ".[data,test]"
