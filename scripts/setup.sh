@@ -27,7 +27,7 @@ $PIP install -q --upgrade pip >/dev/null 2>&1 || true
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # torch 2.13.0 lies on disk as a CPU wheel here; without the pin pip would fetch a multi-GB CUDA build.
   echo "setup: installing torch"
-  $PIP install -q "torch==2.13.0" || $PIP install -q "torch>=2.5"
+  { $PIP install -q "torch==2.13.0" || $PIP install -q "torch>=2.5"; } 2>&1 | grep -v "^WARNING: Location" || true
 fi
 echo "setup: installing attnkit and its extras"
-$PIP install -q -e ".[data,test]"
+$PIP install -q -e ".[data,test]" 2>&1 | grep -vE "^WARNING: Location|^\s*$" || true
