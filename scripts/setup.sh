@@ -23,11 +23,16 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PIP=".venv/bin/python -m pip"
-$PIP install -q --upgrade pip >/dev/null 2>&1 || true
+# Run quietly; on failure show what pip said (less the noise about this machine's local indexes).
+quiet() {
+  local log; log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then grep -v "^WARNING: Location" "$log" >&2; rm -f "$log"; return 1; fi
+  rm -f "$log"
+}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # torch 2.13.0 lies on disk as a CPU wheel here; without the pin pip would fetch a multi-GB CUDA build.
   echo "setup: installing torch"
-  { $PIP install -q "torch==2.13.0" || $PIP install -q "torch>=2.5"; } 2>&1 | grep -v "^WARNING: Location" || true
+  quiet $PIP install "torch==2.13.0" || quiet $PIP install "torch>=2.5"
 fi
 echo "setup: installing attnkit and its extras"
-$PIP install -q -e ".[data,test]" 2>&1 | grep -vE "^WARNING: Location|^\s*$" || true
+quiet $PIP install -e ".[data,test]"
