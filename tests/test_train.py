@@ -104,3 +104,21 @@ def test_tasks_are_deterministic_by_index():
     src, tgt_in, tgt_out = s2s.batch(7)
     assert tgt_in[0, 0] == 1 and torch.equal(s2s.batch(7)[0], src)
     assert ((tgt_out == 3).sum(1) == 1).all() and ((tgt_in[:, 1:] == 0) == (tgt_out[:, 1:] == -100)).all()
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = str(WORKER.with_name("ddp_worker.py"))
+    subprocess.run([sys.executable, worker, str(tmp_path / "one")], check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         worker, str(tmp_path / "two")],
+        check=True, env=env, capture_output=True,
+    )
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) == 12
+    assert list(one.values()) == pytest.approx(list(two.values()), rel=1e-5, abs=1e-6)
+    records = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    ev1 = [r["eval_loss"] for r in records(tmp_path / "one") if "eval_loss" in r]
+    ev2 = [r["eval_loss"] for r in records(tmp_path / "two") if "eval_loss" in r]
+    assert ev1 == pytest.approx(ev2, rel=1e-5, abs=1e-6)

@@ -225,6 +225,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             loss_value = loss_sum / c.accumulate
+            if self.world > 1:  # log the loss of the global batch, not this rank's share
+                t = torch.tensor([loss_value], dtype=torch.float64)
+                dist.all_reduce(t)
+                loss_value = t.item() / self.world
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"loss became {loss_value} at step {self.step}; lower TrainConfig.lr or enable grad_clip"
