@@ -1,0 +1,174 @@
+"""Tokenizers: characters (for the KJV language model) and byte-level BPE (for translation).
+
+Both save to and load from one JSON file, so a checkpoint folder can hold the tokenizer beside the
+weights; :func:`load_tokenizer` reads either kind back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CharTokenizer:
+    """One id per character seen in the training text; id 0 stands for any other character.
+
+    Args:
+        chars: the vocabulary, ids 1..len(chars) in this order (id 0 is unknown).
+        unk_text: what an unknown id decodes to.
+
+    Example::
+
+        tok = CharTokenizer.train("In the beginning")
+        tok.decode(tok.encode("the")) == "the"
+    """
+
+    unk_id = 0
+
+    def __init__(self, chars: Sequence[str], unk_text: str = "\ufffd"):
+        chars = list(chars)
+        if any(not isinstance(c, str) or len(c) != 1 for c in chars):
+            raise ValueError("chars must be single characters")
+        if len(set(chars)) != len(chars):
+            raise ValueError("chars holds a character twice")
+        self.chars, self.unk_text = chars, unk_text
+        self._ids = {c: i + 1 for i, c in enumerate(chars)}
+        self._texts = [unk_text, *chars]
+
+    @classmethod
+    def train(cls, text: str | Iterable[str], min_count: int = 1) -> "CharTokenizer":
+        """Vocabulary of every character occurring at least ``min_count`` times, most frequent first."""
+        counts = Counter()
+        for piece in [text] if isinstance(text, str) else text:
+            counts.update(piece)
+        chars = [c for c, n in sorted(counts.items(), key=lambda cn: (-cn[1], cn[0])) if n >= min_count]
+        return cls(chars)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> list[int]:
+        """text -> ids; characters outside the vocabulary become ``unk_id``."""
+        get = self._ids.get
+        return [get(c, 0) for c in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """ids -> text; raises ValueError for an id outside [0, vocab_size)."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self._texts):
+                raise ValueError(f"id {i} is outside the vocabulary [0, {len(self._texts)})")
+            out.append(self._texts[i])
+        return "".join(out)
+
+    def to_dict(self) -> dict:
+        return {"type": "CharTokenizer", "chars": self.chars, "unk_text": self.unk_text}
+
+    def save(self, path: str | Path) -> None:
+        _atomic_write(Path(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CharTokenizer":
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+        if values.get("type") != "CharTokenizer":
+            raise ValueError(f"{path} does not hold a CharTokenizer (type={values.get('type')!r})")
+        return cls(values["chars"], values.get("unk_text", "\ufffd"))
+
+
+def _hf_tokenizers():
+    try:
+        import tokenizers
+    except ImportError as e:
+        raise ImportError("byte-level BPE needs Hugging Face tokenizers: `pip install tokenizers`") from e
+    return tokenizers
+
+
+class BPETokenizer:
+    """Byte-level BPE (as GPT-2) trained with Hugging Face ``tokenizers``.
+
+    Every text is representable (the base alphabet is the 256 bytes), so there is no unknown token.
+    The special tokens are ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2. Train it on German and English
+    text together to get one joint vocabulary for a Transformer with shared embeddings.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        ids = [tokenizer.token_to_id(t) for t in (PAD, BOS, EOS)]
+        if ids != [0, 1, 2]:
+            raise ValueError(f"expected special tokens {PAD}, {BOS}, {EOS} at ids 0, 1, 2, got {ids}")
+        self.pad_id, self.bos_id, self.eos_id = ids
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> "BPETokenizer":
+        """Learn merges from ``texts`` until the vocabulary (specials included) has ``vocab_size`` entries."""
+        hf = _hf_tokenizers()
+        if vocab_size < 256 + 3:
+            raise ValueError(f"vocab_size must be at least 259 (256 bytes + 3 specials), got {vocab_size}")
+        tok = hf.Tokenizer(hf.models.BPE())
+        # add_prefix_space=False keeps decode(encode(text)) == text exactly
+        tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = hf.decoders.ByteLevel()
+        trainer = hf.trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, BOS, EOS],
+            initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        )
+        tok.train_from_iterator(list(texts), trainer=trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def _wrap(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """text -> ids, with ``<bos>`` first and/or ``<eos>`` last if asked."""
+        return self._wrap(self.tokenizer.encode(text).ids, bos, eos)
+
+    def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+        return [self._wrap(e.ids, bos, eos) for e in self.tokenizer.encode_batch(list(texts))]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """ids -> text; special tokens are dropped unless ``skip_special=False``."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def decode_batch(self, batch: Iterable[Iterable[int]], skip_special: bool = True) -> list[str]:
+        return [self.decode(ids, skip_special) for ids in batch]
+
+    def save(self, path: str | Path) -> None:
+        _atomic_write(Path(path), self.tokenizer.to_str())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BPETokenizer":
+        return cls(_hf_tokenizers().Tokenizer.from_file(str(path)))
+
+
+def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
+    """Load whichever tokenizer ``path`` holds (a CharTokenizer or a BPETokenizer JSON file)."""
+    values = json.loads(Path(path).read_text(encoding="utf-8"))
+    if values.get("type") == "CharTokenizer":
+        return CharTokenizer.load(path)
+    if "model" in values:
+        return BPETokenizer.load(path)
+    raise ValueError(f"{path} holds neither a CharTokenizer nor a Hugging Face tokenizer")

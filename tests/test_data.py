@@ -1,0 +1,251 @@
+"""attnkit.data: parsers, held-out rule, tokenizers, batching, caches (fast; real-data tests skip
+with the reason when the Debian packages are absent)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnkit.data import (
+    BPETokenizer, CharTokenizer, Pair, kjv_splits, load_kjv, load_pairs, load_tokenizer, pad_sequences,
+    parse_line, parse_lines, random_windows, split_of, split_pairs, token_batches,
+)
+from attnkit.data import kjv, translation
+
+DE_EN = Path("/usr/share/trans/de-en")
+SWORD = Path("/usr/share/sword")
+HAS_PYSWORD = importlib.util.find_spec("pysword") is not None
+HAS_TOKENIZERS = importlib.util.find_spec("tokenizers") is not None
+needs_de_en = pytest.mark.skipif(not DE_EN.is_file(), reason=f"{DE_EN} absent: apt-get install trans-de-en")
+needs_kjv = pytest.mark.skipif(
+    not (SWORD / "mods.d").is_dir() or not HAS_PYSWORD,
+    reason="needs Debian sword-text-kjv (/usr/share/sword) and PyPI pysword",
+)
+needs_tokenizers = pytest.mark.skipif(not HAS_TOKENIZERS, reason="pip install tokenizers")
+
+
+# --- the trans-de-en parser -------------------------------------------------------------------
+
+def test_parse_line_aligns_sub_entries_and_keeps_sentences():
+    line = (
+        "möglich {adj} | Das ist doch nicht möglich. | Ist das möglich? :: "
+        "possible | That really isn't possible. | Is that possible?"
+    )
+    assert parse_line(line) == [
+        Pair("Das ist doch nicht möglich.", "That really isn't possible."),
+        Pair("Ist das möglich?", "Is that possible?"),
+    ]
+
+
+def test_parse_line_drops_annotations():
+    line = "Geh nach Hause! {v} [ugs.] :: Go home now! [coll.]"
+    assert parse_line(line) == [Pair("Geh nach Hause!", "Go home now!")]
+    # an annotation before the final punctuation leaves no space behind
+    assert parse_line("Er kam sehr spät [ugs.]. :: He came very late.") == [
+        Pair("Er kam sehr spät.", "He came very late.")
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "# Das ist ein Kommentar. :: This is a comment.",
+        "",
+        "Haus {n} | Häuser {pl} :: house | houses",  # words, not sentences
+        "Gut gemacht. :: Well done.",  # only two words
+        "Sie gingen hinein.; Sie gingen ins Haus. :: They went in.",  # ';' lists alternatives
+        "Das ist gut :: That is good.",  # German side does not end a sentence
+        "Das ist gut. | Das ist schlecht. :: That is good.",  # sub-entries do not align
+        "Das ist gut. Das ist schlecht.",  # no ' :: '
+    ],
+)
+def test_parse_line_rejects(line):
+    assert parse_line(line) == []
+
+
+def test_parse_lines_removes_exact_duplicates_only():
+    lines = [
+        "Das ist doch nicht möglich. :: That really isn't possible.",
+        "Das ist doch nicht möglich. :: That really isn't possible.",
+        "Das ist doch nicht möglich. :: That is really not possible.",
+    ]
+    assert [p.en for p in parse_lines(lines)] == ["That really isn't possible.", "That is really not possible."]
+
+
+def test_held_out_rule():
+    for i in range(300):
+        german = f"Satz Nummer {i} ist hier."
+        bucket = int(hashlib.sha1(german.encode()).hexdigest(), 16) % 20
+        assert split_of(german) == {0: "test", 1: "validation"}.get(bucket, "train")
+    pairs = [Pair(f"Das ist Satz {i}.", f"This is sentence {i}.") for i in range(2000)]
+    splits = split_pairs(pairs)
+    assert sum(map(len, splits.values())) == 2000
+    assert 50 < len(splits["test"]) < 150 and 50 < len(splits["validation"]) < 150
+    assert all(split_of(p.de) == "test" for p in splits["test"])
+
+
+def test_load_pairs_names_the_package_when_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trans-de-en"):
+        load_pairs(tmp_path / "de-en")
+
+
+def test_load_de_en_from_a_small_file(tmp_path):
+    path = tmp_path / "de-en"
+    path.write_text(
+        "# header :: comment\n"
+        "Das ist doch nicht möglich. :: That really isn't possible.\n"
+        "Wo ist der Bahnhof? | Haus {n} :: Where is the station? | house\n",
+        encoding="utf-8",
+    )
+    splits = translation.load_de_en(path=path)
+    assert sorted(p.de for ps in splits.values() for p in ps) == ["Das ist doch nicht möglich.", "Wo ist der Bahnhof?"]
+    with pytest.raises(ValueError, match="split"):
+        translation.load_de_en("dev", path=path)
+
+
+@needs_de_en
+def test_real_de_en_counts():
+    pairs = load_pairs()
+    assert 17_000 < len(pairs) < 19_500
+    assert Pair("Das ist doch nicht möglich.", "That really isn't possible.") in pairs
+    splits = split_pairs(pairs)
+    assert 700 < len(splits["test"]) < 1200 and 700 < len(splits["validation"]) < 1200
+    assert not {p.de for p in splits["test"]} & {p.de for p in splits["train"]}
+    assert all(";" not in p.de + p.en and "{" not in p.de and "[" not in p.en for p in pairs)
+
+
+# --- tokenizers -------------------------------------------------------------------------------
+
+def test_char_tokenizer_round_trip_and_unknown(tmp_path):
+    tok = CharTokenizer.train("In the beginning God created the heaven and the earth.\n")
+    text = "the earth\n"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.vocab_size == len(set("In the beginning God created the heaven and the earth.\n")) + 1
+    assert tok.encode("Z")[0] == tok.unk_id == 0
+    assert tok.decode(tok.encode("eZe")) == "e\ufffde"
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([tok.vocab_size])
+    tok.save(tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert isinstance(again, CharTokenizer) and again.chars == tok.chars
+    assert again.encode("heaven") == tok.encode("heaven")
+
+
+def test_char_tokenizer_orders_by_frequency():
+    tok = CharTokenizer.train(["aab", "a"])
+    assert tok.chars == ["a", "b"] and tok.encode("ab") == [1, 2]
+
+
+@needs_tokenizers
+def test_bpe_round_trip_specials_and_save(tmp_path):
+    corpus = [
+        "Das ist doch nicht möglich.", "That really isn't possible.", "Wo ist der Bahnhof?",
+        "Where is the station?", "Größere Häuser kosten mehr.", "Bigger houses cost more.",
+    ] * 5
+    tok = BPETokenizer.train(corpus, vocab_size=300, min_frequency=2)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    assert 259 < tok.vocab_size <= 300
+    for text in ["Größere Häuser sind möglich?", " leading space and ünknown wörds ß €", "ok"]:
+        assert tok.decode(tok.encode(text)) == text
+    ids = tok.encode("Wo ist der Bahnhof?", bos=True, eos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    assert tok.decode(ids + [tok.pad_id]) == "Wo ist der Bahnhof?"
+    assert tok.encode_batch(["Wo ist der Bahnhof?"], eos=True) == [tok.encode("Wo ist der Bahnhof?", eos=True)]
+    tok.save(tmp_path / "tokenizer.json")
+    again = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(again, BPETokenizer) and again.encode("möglich") == tok.encode("möglich")
+
+
+def test_load_tokenizer_rejects_other_json(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="neither"):
+        load_tokenizer(tmp_path / "x.json")
+
+
+# --- batching ---------------------------------------------------------------------------------
+
+def test_pad_sequences():
+    out = pad_sequences([[5, 6, 7], [8]], pad_id=0)
+    assert out.tolist() == [[5, 6, 7], [8, 0, 0]] and out.dtype == torch.long
+    assert pad_sequences([[1]], pad_id=9, length=3).tolist() == [[1, 9, 9]]
+    with pytest.raises(ValueError, match="shorter"):
+        pad_sequences([[1, 2]], pad_id=0, length=1)
+
+
+def test_token_batches_cover_everything_within_budget():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 40, (500,), generator=g).tolist() + [100]
+    batches = token_batches(lengths, max_tokens=256, generator=g)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 256
+    ordered = token_batches(lengths, max_tokens=256, shuffle=False, max_batch_size=4)
+    assert all(len(b) <= 4 for b in ordered)
+    firsts = [lengths[b[0]] for b in ordered]
+    assert firsts == sorted(firsts)
+
+
+def test_random_windows_are_shifted_targets():
+    data = torch.arange(100)
+    x, y = random_windows(data, batch_size=8, length=10, generator=torch.Generator().manual_seed(1))
+    assert x.shape == y.shape == (8, 10)
+    assert torch.equal(y, x + 1)
+    with pytest.raises(ValueError, match="fewer"):
+        random_windows(torch.arange(5), 2, 10)
+
+
+# --- the KJV ----------------------------------------------------------------------------------
+
+def test_clean_verse():
+    assert kjv.clean_verse(" \u00b6 And the \\nd LORD spake  unto Moses, saying,\n ") == (
+        "And the LORD spake unto Moses, saying,"
+    )
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    kjv.atomic_write_text(tmp_path / "sub" / "a.txt", "text")
+    kjv.atomic_write_text(tmp_path / "sub" / "a.txt", "new")
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.txt"]
+    assert (tmp_path / "sub" / "a.txt").read_text() == "new"
+
+
+def _fake_cache(folder: Path, books):
+    for i, (osis, name, text) in enumerate(books):
+        kjv.atomic_write_text(folder / f"{i:02d}_{osis}.txt", text)
+    kjv.atomic_write_text(folder / "books.tsv", "".join(f"{o}\t{n}\n" for o, n, _ in books))
+
+
+def test_load_kjv_reads_a_complete_cache_without_pysword(tmp_path):
+    books = [("Gen", "Genesis", "In the beginning.\n"), ("Josh", "Joshua", "Now after.\n"),
+             ("Rom", "Romans", "Paul.\n"), ("Rev", "Revelation", "The end.\n")]
+    _fake_cache(tmp_path, books)
+    loaded = load_kjv(sword_path=tmp_path / "nowhere", cache=tmp_path)
+    assert list(loaded) == ["Genesis", "Joshua", "Romans", "Revelation"]
+    train, valid = kjv_splits(cache=tmp_path, sword_path=tmp_path / "nowhere")
+    assert train == "In the beginning.\nThe end.\n" and valid == "Now after.\nPaul.\n"
+    with pytest.raises(ValueError, match="unknown book"):
+        kjv_splits(("Hezekiah",), cache=tmp_path)
+
+
+@pytest.mark.skipif(not HAS_PYSWORD, reason="pip install pysword")
+def test_load_kjv_names_the_package_when_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sword-text-kjv"):
+        load_kjv(sword_path=tmp_path, cache=tmp_path / "cache")
+
+
+@needs_kjv
+def test_real_kjv_book():
+    text = kjv.read_book("Phlm")
+    lines = text.splitlines()
+    assert len(lines) == 25
+    assert lines[0].startswith("Paul, a prisoner of Jesus Christ, and Timothy our brother")
+    assert "<" not in text and "\u00b6" not in text and "\\" not in text
+    names = kjv.book_names()
+    assert len(names) == 66 and names[0] == ("Gen", "Genesis")
+    assert set(kjv.VALIDATION_BOOKS) <= {name for _, name in names}
