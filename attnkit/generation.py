@@ -1,17 +1,36 @@
-"""Decoding: pick the next token from logits, and the loop that feeds it back through a cached step.
+"""Decoding: choose next tokens from logits, and the loops that feed them back through a cached step.
 
 A model exposes a step ``step(tokens (B, t), cache) -> (logits (B, t, V), cache)``; ``cache=None``
-starts from scratch. The loop only ever passes the new token, so each step costs O(t) attention.
+starts from scratch. The loops only ever pass the new token, so each step costs O(t) attention.
+Caches are nested lists/tuples of tensors and :class:`~attnkit.nn.KVCache` with the batch first;
+beam search reorders them along that dimension.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import fields, is_dataclass, replace
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 Step = Callable[[Tensor, Any], tuple[Tensor, Any]]
+
+
+def _stop_ids(eos_id: int | Sequence[int] | None) -> list[int]:
+    if eos_id is None:
+        return []
+    return [int(eos_id)] if isinstance(eos_id, int) else [int(i) for i in eos_id]
+
+
+def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -> Tensor:
+    """CTRL's penalty (Keskar et al. 2019): logits of tokens already in ``previous`` (B, t) are divided
+    by ``penalty`` when positive and multiplied by it when negative."""
+    if penalty == 1.0 or previous.numel() == 0:
+        return logits
+    seen = logits.gather(-1, previous)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(-1, previous, seen)
 
 
 def sample_next(
@@ -43,8 +62,7 @@ def sample_next(
         drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
@@ -53,29 +71,129 @@ def generate(
     prompt: Tensor,
     max_new_tokens: int,
     *,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     cache: Any = None,
+    repetition_penalty: float = 1.0,
+    on_token: Callable[[Tensor], None] | None = None,
     **sampling,
 ) -> Tensor:
     """Extend ``prompt`` (B, T) by up to ``max_new_tokens`` tokens -> (B, T + n).
 
-    Sequences that produced ``eos_id`` keep emitting it; the loop stops when all have.
+    ``eos_id`` is a stop token id or a list of them: a sequence that produced one keeps repeating it,
+    and the loop ends when all have. ``on_token`` is called with each new column (B,) (streaming).
     ``sampling`` goes to :func:`sample_next` (temperature, top_k, top_p, generator).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    out = [prompt]
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     if max_new_tokens == 0:
         return prompt
+    stops = torch.tensor(_stop_ids(eos_id), dtype=torch.long, device=prompt.device)
+    tokens = prompt
     logits, cache = step(prompt, cache)
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for i in range(max_new_tokens):
-        token = sample_next(logits[:, -1], **sampling)  # (B,)
-        if eos_id is not None:
-            token = token.masked_fill(done, eos_id)
-            done |= token == eos_id
-        out.append(token[:, None])
-        if i + 1 == max_new_tokens or (eos_id is not None and bool(done.all())):
+        scores = apply_repetition_penalty(logits[:, -1], tokens, repetition_penalty)
+        token = sample_next(scores, **sampling)  # (B,)
+        if stops.numel():
+            token = torch.where(done, tokens[:, -1], token)  # finished rows repeat their stop token
+            done |= torch.isin(token, stops)
+        tokens = torch.cat([tokens, token[:, None]], dim=1)
+        if on_token is not None:
+            on_token(token)
+        if i + 1 == max_new_tokens or bool(done.all()):
             break
         logits, cache = step(token[:, None], cache)
-    return torch.cat(out, dim=1)
+    return tokens
+
+
+def reorder_cache(cache: Any, index: Tensor) -> Any:
+    """Select batch rows ``index`` from every tensor in a (nested) cache."""
+    if cache is None:
+        return None
+    if isinstance(cache, Tensor):
+        return cache.index_select(0, index)
+    if is_dataclass(cache):
+        return replace(cache, **{f.name: reorder_cache(getattr(cache, f.name), index) for f in fields(cache)})
+    if isinstance(cache, (list, tuple)):
+        return type(cache)(reorder_cache(c, index) for c in cache)
+    raise TypeError(f"cannot reorder a cache of type {type(cache).__name__}")
+
+
+@torch.no_grad()
+def beam_search(
+    step: Step,
+    prompt: Tensor,
+    max_new_tokens: int,
+    *,
+    beam_size: int = 4,
+    eos_id: int | Sequence[int] | None = None,
+    length_penalty: float = 1.0,
+    cache: Any = None,
+) -> Tensor:
+    """Beam search over ``step``; ``prompt`` (B, T) -> the best continuation per row (B, T + n).
+
+    Hypotheses are ranked by sum(log p) / length^length_penalty (length counts generated tokens);
+    a hypothesis ends at a stop token, and a row is done when it has ``beam_size`` ended hypotheses
+    that no live beam can beat. ``step`` must accept batches of B * beam_size rows: expand anything
+    it closes over (encoder output, masks) with ``repeat_interleave(beam_size, 0)`` first.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    stops = set(_stop_ids(eos_id))
+    B, T = prompt.shape
+    K = beam_size
+    beams = prompt.repeat_interleave(K, dim=0)  # (B * K, T)
+    scores = torch.full((B, K), float("-inf"), device=prompt.device)
+    scores[:, 0] = 0.0  # all K copies are the same prompt: start from one of them
+    logits, cache = step(beams, cache)
+    finished: list[list[tuple[float, Tensor]]] = [[] for _ in range(B)]
+    done = [False] * B
+    for i in range(max_new_tokens):
+        logp = logits[:, -1].float().log_softmax(dim=-1)  # (B * K, V)
+        V = logp.shape[-1]
+        total = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)
+        top_scores, top_ids = total.topk(min(2 * K, K * V), dim=-1)  # (B, 2K)
+        next_rows, next_tokens, next_scores = [], [], []
+        for b in range(B):
+            chosen = []
+            for s, flat in zip(top_scores[b].tolist(), top_ids[b].tolist()):
+                beam, token = divmod(flat, V)
+                row = b * K + beam
+                if token in stops and not done[b]:
+                    hyp = torch.cat([beams[row], beams.new_tensor([token])])
+                    finished[b].append((s / (i + 1) ** length_penalty, hyp))
+                elif token not in stops and len(chosen) < K:
+                    chosen.append((row, token, s))
+                if len(chosen) == K:
+                    break
+            while len(chosen) < K:  # fewer live candidates than beams: keep dead copies
+                chosen.append((b * K, next(iter(stops), 0), float("-inf")))
+            finished[b].sort(key=lambda h: -h[0])
+            del finished[b][K:]
+            best_live = max(c[2] for c in chosen) / (i + 1) ** length_penalty
+            if len(finished[b]) == K and (length_penalty <= 0 or finished[b][-1][0] >= best_live):
+                done[b] = True
+            for row, token, s in chosen:
+                next_rows.append(row)
+                next_tokens.append(token)
+                next_scores.append(s if not done[b] else float("-inf"))
+        index = torch.tensor(next_rows, device=prompt.device)
+        beams = torch.cat([beams[index], torch.tensor(next_tokens, device=prompt.device)[:, None]], dim=1)
+        scores = torch.tensor(next_scores, device=prompt.device).view(B, K)
+        if all(done) or i + 1 == max_new_tokens:
+            break
+        logits, cache = step(beams[:, -1:], reorder_cache(cache, index))
+    n_new = beams.shape[1] - T
+    results = []
+    for b in range(B):
+        live = [
+            (scores[b, k].item() / max(n_new, 1) ** length_penalty, beams[b * K + k])
+            for k in range(K)
+            if scores[b, k] > float("-inf")
+        ]
+        results.append(max(finished[b] + live, key=lambda h: h[0])[1])
+    width = max(r.shape[0] for r in results)
+    fill = next(iter(stops), 0)
+    return torch.stack([torch.cat([r, r.new_full((width - r.shape[0],), fill)]) for r in results])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
-from ..generation import generate
+from ..generation import beam_search, generate
 from ..nn import make_norm
 from ..nn.block import BlockCache
 from ..nn.layers import ACTIVATIONS
@@ -94,19 +95,30 @@ class TransformerLM(nn.Module):
         temperature: float = 0.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        eos_id: int | None = None,
+        eos_id: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
+        repetition_penalty: float = 1.0,
+        beam_size: int = 1,
+        length_penalty: float = 1.0,
+        on_token: Callable[[Tensor], None] | None = None,
     ) -> Tensor:
-        """Continue ``tokens`` (B, T) -> (B, T + n), n <= max_new_tokens; greedy at temperature 0."""
+        """Continue ``tokens`` (B, T) -> (B, T + n), n <= max_new_tokens.
+
+        Greedy at temperature 0; sampling with temperature/top_k/top_p otherwise; beam search when
+        ``beam_size > 1``. ``eos_id``: stop token(s). ``on_token`` receives each new column (streaming).
+        """
         check_tokens(tokens, self.config.vocab_size)
         if tokens.shape[1] == 0:
             raise ValueError("tokens is empty: generation needs a prompt of at least one token")
         if tokens.shape[1] + max_new_tokens > self.config.max_len:
             raise ValueError(
                 f"prompt ({tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
-                f"max_len={self.config.max_len}"
+                f"max_len={self.config.max_len}; shorten the prompt or ask for fewer tokens"
             )
+        if beam_size > 1:
+            return beam_search(self.step, tokens, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                               length_penalty=length_penalty)
         return generate(
-            self.step, tokens, max_new_tokens, eos_id=eos_id, temperature=temperature,
-            top_k=top_k, top_p=top_p, generator=generator,
+            self.step, tokens, max_new_tokens, eos_id=eos_id, temperature=temperature, top_k=top_k,
+            top_p=top_p, generator=generator, repetition_penalty=repetition_penalty, on_token=on_token,
         )

@@ -8,12 +8,13 @@ attention-weighted context together with the previous target token into its recu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_positive
-from ..generation import generate
+from ..generation import beam_search, generate
 from .common import check_key_mask, check_same_batch, check_tokens
 
 
@@ -121,11 +122,33 @@ class RNNSeq2Seq(nn.Module):
         return self._decode(tgt, (states, keys_proj, src_mask), state)[0]
 
     @torch.no_grad()
-    def generate(self, src: Tensor, max_new_tokens: int, *, bos_id: int, eos_id: int | None = None,
-                 src_mask: Tensor | None = None, **sampling) -> Tensor:
-        """Translate ``src`` (B, S): target tokens (B, 1 + n) starting with ``bos_id``, greedy by default."""
+    def generate(self, src: Tensor, max_new_tokens: int, *, bos_id: int, eos_id: int | Sequence[int] | None = None,
+                 src_mask: Tensor | None = None, beam_size: int = 1, length_penalty: float = 1.0,
+                 **sampling) -> Tensor:
+        """Translate ``src`` (B, S): target tokens (B, 1 + n) starting with ``bos_id``; greedy by
+        default, beam search with ``beam_size > 1``, sampling options as :meth:`Transformer.generate`."""
         states, keys_proj, state0, src_mask = self.encode(src, src_mask)
+        if beam_size > 1:
+            expand = lambda t: None if t is None else t.repeat_interleave(beam_size, 0)  # noqa: E731
+            states, keys_proj, src_mask = expand(states), expand(keys_proj), expand(src_mask)
+            state0 = _batch_first(state0)
+            state0 = _batch_first(tuple(map(expand, state0)) if isinstance(state0, tuple) else expand(state0))
         memory = (states, keys_proj, src_mask)
-        step = lambda tokens, state: self._decode(tokens, memory, state0 if state is None else state)  # noqa: E731
+
+        def step(tokens, state):
+            # the generation loops keep caches batch-first; recurrent states are (layers, B, H)
+            logits, state = self._decode(tokens, memory, state0 if state is None else _batch_first(state))
+            return logits, _batch_first(state)
+
         start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
+        if beam_size > 1:
+            return beam_search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                               length_penalty=length_penalty)
         return generate(step, start, max_new_tokens, eos_id=eos_id, **sampling)
+
+
+def _batch_first(state):
+    """Swap the first two dimensions of a recurrent state (a tensor, or LSTM's (h, c))."""
+    if isinstance(state, tuple):
+        return tuple(s.transpose(0, 1).contiguous() for s in state)
+    return state.transpose(0, 1).contiguous()

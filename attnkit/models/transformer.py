@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
-from ..generation import generate
+from ..generation import beam_search, generate
 from ..nn import make_norm
 from ..nn.block import BlockCache
 from ..nn.layers import ACTIVATIONS
@@ -148,15 +149,27 @@ class Transformer(nn.Module):
         max_new_tokens: int,
         *,
         bos_id: int,
-        eos_id: int | None = None,
+        eos_id: int | Sequence[int] | None = None,
         src_mask: Tensor | None = None,
+        beam_size: int = 1,
+        length_penalty: float = 1.0,
         **sampling,
     ) -> Tensor:
-        """Translate ``src`` (B, S): target tokens (B, 1 + n) starting with ``bos_id``, greedy by default."""
+        """Translate ``src`` (B, S): target tokens (B, 1 + n) starting with ``bos_id``.
+
+        Greedy by default; ``beam_size > 1`` for beam search; ``sampling`` (temperature, top_k, top_p,
+        repetition_penalty, generator, on_token) goes to :func:`attnkit.generation.generate`.
+        """
         if src_mask is None and self.config.pad_id is not None:
             src_mask = src != self.config.pad_id
         memory = self.encode(src, src_mask)
         start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
         max_new_tokens = min(max_new_tokens, self.config.max_len - 1)
+        if beam_size > 1:
+            memory = memory.repeat_interleave(beam_size, 0)
+            src_mask = None if src_mask is None else src_mask.repeat_interleave(beam_size, 0)
         step = lambda tokens, cache: self.decode(tokens, memory, src_mask, cache=cache)  # noqa: E731
+        if beam_size > 1:
+            return beam_search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                               length_penalty=length_penalty)
         return generate(step, start, max_new_tokens, eos_id=eos_id, **sampling)
