@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
+def unknown_key_message(owner: str, key: str, names) -> str:
+    """"<owner> has no field 'x'; did you mean 'y'?" (or the list of valid names)."""
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+    return f"{owner} has no field {key!r}{hint}"
+
+
 class Config:
     """Mixin for ``@dataclass`` configs: ``from_dict``/``to_dict`` and JSON files, unknown keys rejected."""
 
@@ -17,9 +24,7 @@ class Config:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
-                raise ValueError(f"{cls.__name__} has no field {key!r}{hint}")
+                raise ValueError(unknown_key_message(cls.__name__, key, names))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
