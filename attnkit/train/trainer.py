@@ -126,9 +126,28 @@ class Trainer:
         return type(batch)(self._shard(b) for b in batch)
 
     def _log(self, record: dict) -> None:
-        if self.rank == 0:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(key, value, record["step"])
+
+    @property
+    def _tensorboard(self):
+        """A TensorBoard writer into run_dir/tensorboard when the tensorboard package is installed."""
+        if not hasattr(self, "_tb"):
+            self._tb = None
+            if self.rank == 0:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                except ImportError:
+                    pass
+        return self._tb
 
     def _truncate_log(self, step: int) -> None:
         """Drop records after ``step`` (written after the checkpoint a resumed run starts from)."""
