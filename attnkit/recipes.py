@@ -225,7 +225,7 @@ def load_model(path: str | Path):
     if entry is None:
         raise ValueError(f"{ckpt / 'config.json'}: unknown model config type {kind!r}")
     model = entry[0](entry[1].from_dict(values))
-    load_checkpoint(ckpt, model, restore_rng=False)
+    load_checkpoint(ckpt, model)
     run_dir = ckpt.parent
     tok_path = run_dir / "tokenizer.json"
     tokenizer = load_tokenizer(tok_path) if tok_path.exists() else None

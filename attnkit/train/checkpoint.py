@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 FILES = ("model.safetensors", "config.json", "optimizer.safetensors", "state.json")
 
@@ -81,28 +82,41 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = optimizer.state_dict()
+def flatten_optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer state dict keyed by parameter name -> (tensors, JSON-able rest)."""
     tensors, scalars = {}, {}
-    for idx, state in sd["state"].items():
+    for name, state in sd["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optim/{idx}/{key}"] = value.contiguous()
+                tensors[f"optim/{name}/{key}"] = value.contiguous()
             else:
-                scalars[f"{idx}/{key}"] = value
+                scalars[f"{name}/{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def set_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim/"):
-            _, idx, key = name.split("/", 2)
-            state.setdefault(int(idx), {})[key] = value
-    for name, value in meta["scalars"].items():
-        idx, key = name.split("/", 1)
-        state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, Any]:
+    state: dict[str, dict[str, Any]] = {}
+    for flat, value in tensors.items():
+        if flat.startswith("optim/"):
+            _, name, key = flat.split("/", 2)
+            state.setdefault(name, {})[key] = value
+    for flat, value in meta["scalars"].items():
+        name, key = flat.split("/", 1)
+        state.setdefault(name, {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def dedupe_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tied weights (one tensor under two names) are stored once: (unique tensors, {alias: name})."""
+    unique, aliases, seen = {}, {}, {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            unique[name] = t.detach().contiguous()
+    return unique, aliases
 
 
 # ---- whole checkpoints ------------------------------------------------------------------------
@@ -110,13 +124,17 @@ def set_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
-    model: torch.nn.Module,
+    model_state: dict[str, torch.Tensor],
     config,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer_state: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     keep: int = 3,
 ) -> Path:
-    """Write checkpoint ``step`` into ``run_dir`` atomically and keep only the newest ``keep``."""
+    """Write checkpoint ``step`` into ``run_dir`` atomically and keep only the newest ``keep``.
+
+    ``model_state`` and ``optimizer_state`` are full state dicts keyed by parameter name (see
+    :func:`attnkit.train.trainer.Trainer.save`, which gathers them from sharded models too).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"step-{step:07d}"
@@ -124,12 +142,14 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    weights, aliases = dedupe_tensors(model_state)
+    save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"),
+              metadata={"aliases": json.dumps(aliases)})
     (tmp / "config.json").write_text(json.dumps({"type": type(config).__name__, **config.to_dict()}, indent=2))
     tensors, rng_meta = rng_state()
     optim_meta = None
-    if optimizer is not None:
-        optim_tensors, optim_meta = optimizer_state(optimizer)
+    if optimizer_state is not None:
+        optim_tensors, optim_meta = flatten_optimizer_state(optimizer_state)
         tensors.update(optim_tensors)
     save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp / "optimizer.safetensors"))
     state = {"step": step, "rng": rng_meta, "optimizer": optim_meta, "trainer": trainer_state or {}}
@@ -180,27 +200,36 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     return json.loads((path / "state.json").read_text())
 
 
-def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-    restore_rng: bool = True,
-) -> dict[str, Any]:
-    """Load weights (and optimizer and RNG state) from a checkpoint folder; returns its state.json."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
+    """Verify and read a checkpoint folder -> (model state, optimizer state or None, state.json).
+
+    Only safetensors and JSON are read: nothing in a checkpoint can execute code.
+    """
     path = Path(path)
     state = verify_checkpoint(path)
     try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+        weights = load_file(str(path / "model.safetensors"))
         tensors = load_file(str(path / "optimizer.safetensors"))
-    except SafetensorError as e:
+    except (SafetensorError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read safetensors file: {e}") from None
+    for alias, name in aliases.items():
+        weights[alias] = weights[name]
+    optimizer = unflatten_optimizer_state(tensors, state["optimizer"]) if state["optimizer"] else None
+    state["_rng_tensors"] = {k: v for k, v in tensors.items() if k.startswith("rng/")}
+    return weights, optimizer, state
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load the weights of a checkpoint folder into ``model`` (strictly); returns its state.json."""
+    weights, _, state = read_checkpoint(path)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{path / 'model.safetensors'} does not fit the model: missing {sorted(missing)[:5]}, "
+            f"{Path(path) / 'model.safetensors'} does not fit the model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    if optimizer is not None and state["optimizer"] is not None:
-        set_optimizer_state(optimizer, tensors, state["optimizer"])
-    if restore_rng:
-        set_rng_state(tensors, state["rng"])
     return state
 
 

@@ -27,12 +27,26 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 
 def wrap_model(model: torch.nn.Module, device: torch.device, strategy: str = "ddp") -> torch.nn.Module:
-    """Move the model to ``device`` and wrap it for data parallelism ("ddp"); a no-op on one process."""
+    """Move the model to ``device`` and make it data parallel; a no-op on one process.
+
+    ``"ddp"`` replicates the model and averages gradients; ``"fsdp"`` shards parameters, gradients and
+    optimizer state across ranks (each Transformer block is one shard unit, then the rest).
+    """
+    if strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}")
     model = model.to(device)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return model
-    if strategy != "ddp":
-        raise ValueError(f"strategy must be 'ddp', got {strategy!r}")
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        from ..nn.block import TransformerBlock
+
+        for module in model.modules():
+            if isinstance(module, TransformerBlock):
+                fully_shard(module)
+        fully_shard(model)
+        return model
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

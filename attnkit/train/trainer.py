@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import Config, check_choice, check_positive
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
 from .schedules import SCHEDULES, lr_at
 
 
@@ -166,20 +166,34 @@ class Trainer:
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, path)
 
+    def _full_state(self):
+        """Full (unsharded) model and optimizer state dicts keyed by parameter name; a collective
+        call under FSDP, so every rank must make it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(_unwrap(self.model), self.optimizer,
+                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def save(self) -> Path | None:
+        model_state, optimizer_state = self._full_state()
         if self.rank != 0:
             return None
         return save_checkpoint(
-            self.run_dir, self.step, _unwrap(self.model), self.model_config, self.optimizer,
+            self.run_dir, self.step, model_state, self.model_config, optimizer_state,
             {**self.state, "train_config": self.config.to_dict()}, keep=self.config.keep_checkpoints,
         )
 
     def resume(self) -> bool:
-        """Continue from the newest checkpoint in run_dir, if any."""
+        """Continue from the newest checkpoint in run_dir, if any (every rank reads it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        state = load_checkpoint(path, _unwrap(self.model), self.optimizer)
+        model_state, optimizer_state, state = read_checkpoint(path)
+        set_state_dict(_unwrap(self.model), self.optimizer, model_state_dict=model_state,
+                       optim_state_dict=optimizer_state, options=StateDictOptions(full_state_dict=True, strict=True))
+        set_rng_state(state["_rng_tensors"], state["rng"])
         self.step = state["step"]
         self.state = {k: v for k, v in state["trainer"].items() if k != "train_config"}
         self._truncate_log(self.step)
