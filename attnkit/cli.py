@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   attnkit eval runs/de_en_transformer
   attnkit info --config configs/de_en_transformer.toml
   attnkit plot runs/kjv_char_lm
+  torchrun --nproc_per_node 2 -m attnkit.cli train --config kjv_char_lm --strategy fsdp
 """
 
 
@@ -60,8 +61,8 @@ def cmd_train(args) -> int:
         n = sum(p.numel() for p in model.parameters())
         print(f"attnkit: {config.model['type']} with {n / 1e6:.2f}M parameters, vocabulary "
               f"{tokenizer.vocab_size} ({config.data.tokenizer}), run folder {run_dir}", flush=True)
-    summary = Trainer(wrap_model(model, device), task, config.train, run_dir=run_dir, model_config=model.config,
-                      device=device).train(resume=False)
+    summary = Trainer(wrap_model(model, device, args.strategy), task, config.train, run_dir=run_dir,
+                      model_config=model.config, device=device).train(resume=False)
     cleanup()
     if rank == 0:
         print(json.dumps(summary))
@@ -81,8 +82,8 @@ def cmd_resume(args) -> int:
         raise UsageError(f"{run_dir} holds no checkpoint yet: start it with `attnkit train`")
     rank, world, device = init_distributed()
     model, task, _ = build_run(config, run_dir, tokenizer=load_tokenizer(run_dir / "tokenizer.json"))
-    summary = Trainer(wrap_model(model, device), task, config.train, run_dir=run_dir, model_config=model.config,
-                      device=device).train(resume=True)
+    summary = Trainer(wrap_model(model, device, args.strategy), task, config.train, run_dir=run_dir,
+                      model_config=model.config, device=device).train(resume=True)
     cleanup()
     if rank == 0:
         print(json.dumps(summary))
@@ -279,12 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     t.add_argument("--run-dir", help="where checkpoints and logs go (default runs/<config name>)")
     t.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
+    t.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
+                   help="data parallelism under torchrun (torchrun --nproc_per_node N -m attnkit.cli train ...)")
     t.add_argument("--prompt", help="prompt for the sample printed at the end (LMs; default: a held-out line)")
     t.add_argument("--sample-tokens", type=int, default=400, help="tokens sampled at the end (LMs)")
     t.set_defaults(fn=cmd_train)
 
     r = add("resume", "continue a run from its newest checkpoint", "attnkit resume runs/kjv_char_lm")
     r.add_argument("run_dir")
+    r.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp")
     r.add_argument("--prompt")
     r.add_argument("--sample-tokens", type=int, default=400)
     r.set_defaults(fn=cmd_resume)
