@@ -93,10 +93,10 @@ def cmd_resume(args) -> int:
 
 def _after_training(run_dir: Path, config, args) -> None:
     """What a person wants to see at the end of a run: a held-out score and an example."""
-    from .recipes import LM_MODELS
+    from .recipes import LM_MODELS, MLM_MODELS
 
-    if getattr(args, "quiet_report", False):
-        return
+    if config.model["type"] in MLM_MODELS:
+        return  # the trainer printed the held-out masked-LM loss
     if config.model["type"] in LM_MODELS:
         cmd_eval(argparse.Namespace(run=str(run_dir), max_tokens=getattr(args, "eval_tokens", 200_000)))
         print()

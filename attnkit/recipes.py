@@ -1,7 +1,7 @@
 """Runs described by a TOML file: which model, which data, how to train.
 
     [model]
-    type = "TransformerLM"        # TransformerLM | Transformer | RNNSeq2Seq | TransformerEncoder
+    type = "TransformerLM"        # TransformerLM | Transformer | RNNSeq2Seq | TransformerEncoderForMaskedLM
     d_model = 256                 # any field of the model's config; vocabulary sizes come from the tokenizer
 
     [data]
@@ -30,19 +30,20 @@ import torch
 
 from .config import Config, check_choice, check_positive, unknown_key_message
 from .models import (
-    RNNSeq2Seq, RNNSeq2SeqConfig, Transformer, TransformerConfig, TransformerEncoder, TransformerEncoderConfig,
-    TransformerLM, TransformerLMConfig,
+    RNNSeq2Seq, RNNSeq2SeqConfig, Transformer, TransformerConfig, TransformerEncoderConfig,
+    TransformerEncoderForMaskedLM, TransformerLM, TransformerLMConfig,
 )
-from .train import LanguageModelingTask, Seq2SeqTask, TrainConfig
+from .train import LanguageModelingTask, MaskedLMTask, Seq2SeqTask, TrainConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "TransformerLM": (TransformerLM, TransformerLMConfig),
     "Transformer": (Transformer, TransformerConfig),
     "RNNSeq2Seq": (RNNSeq2Seq, RNNSeq2SeqConfig),
-    "TransformerEncoder": (TransformerEncoder, TransformerEncoderConfig),
+    "TransformerEncoderForMaskedLM": (TransformerEncoderForMaskedLM, TransformerEncoderConfig),
 }
 LM_MODELS = ("TransformerLM",)
 SEQ2SEQ_MODELS = ("Transformer", "RNNSeq2Seq")
+MLM_MODELS = ("TransformerEncoderForMaskedLM",)
 
 
 def register_model(name: str, model_cls: type, config_cls: type, kind: str = "lm") -> None:
@@ -176,18 +177,22 @@ def build_run(config: RunConfig, run_dir: str | Path, tokenizer=None):
         model_values.update(src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size,
                             pad_id=special["pad_id"])
         model_values.setdefault("max_len", data.max_len + 1)
-    elif kind in LM_MODELS:
+    elif kind in LM_MODELS or kind in MLM_MODELS:
         if data.corpus == "de-en":
-            raise ValueError(f"{kind} is a language model: set [data] corpus to 'kjv' or a text file")
+            raise ValueError(f"{kind} trains on a text stream: set [data] corpus to 'kjv' or a text file")
         train_text, valid_text = _corpus_text(data)
         if tokenizer is None:
             tokenizer = build_tokenizer(data, [train_text])
         as_tensor = lambda text: torch.tensor(tokenizer.encode(text), dtype=torch.long)  # noqa: E731
-        task = LanguageModelingTask(
-            as_tensor(train_text), as_tensor(valid_text), context=data.context, batch_size=data.batch_size,
-            seed=data.seed, eval_batches=data.eval_batches,
-        )
-        model_values["vocab_size"] = tokenizer.vocab_size
+        stream = dict(context=data.context, batch_size=data.batch_size, seed=data.seed, eval_batches=data.eval_batches)
+        if kind in MLM_MODELS:  # one extra id past the tokenizer's vocabulary is the [MASK] token
+            vocab = tokenizer.vocab_size + 1
+            task = MaskedLMTask(as_tensor(train_text), as_tensor(valid_text), mask_id=vocab - 1, vocab_size=vocab,
+                                **stream)
+        else:
+            vocab = tokenizer.vocab_size
+            task = LanguageModelingTask(as_tensor(train_text), as_tensor(valid_text), **stream)
+        model_values["vocab_size"] = vocab
         model_values.setdefault("max_len", data.context)
     else:
         raise ValueError(f"training a bare {kind} is not supported by run configs yet")

@@ -123,3 +123,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, st
     from attnkit.recipes import load_model
 
     load_model(tmp_path / "two")
+
+
+def test_masked_lm_task_scores_only_chosen_positions():
+    from attnkit.models import TransformerEncoderConfig, TransformerEncoderForMaskedLM
+    from attnkit.train import MaskedLMTask
+
+    stream = torch.arange(3000) % 20
+    task = MaskedLMTask(stream[:2500], stream[2500:], mask_id=20, vocab_size=21, context=64, batch_size=8, seed=1)
+    inputs, labels = task.batch(3)
+    chosen = labels != -100
+    assert torch.equal(task.batch(3)[0], inputs) and 0.05 < chosen.float().mean() < 0.3
+    original = LanguageModelingTask.batch(task, 3)[0]
+    assert torch.equal(inputs[~chosen], original[~chosen]) and torch.equal(labels[chosen], original[chosen])
+    assert (inputs == 20).sum() > 0 and (inputs[chosen] == 20).float().mean() > 0.6
+    model = TransformerEncoderForMaskedLM(TransformerEncoderConfig(vocab_size=21, d_model=32, n_heads=4, n_layers=1,
+                                                                    d_ff=64, max_len=64))
+    logits, targets = task.forward(model, (inputs, labels))
+    assert logits.shape == (8, 64, 21) and torch.equal(targets, labels)

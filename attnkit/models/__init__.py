@@ -1,7 +1,8 @@
 """Model families, each built from its config dataclass."""
 
 from .encoder import (
-    MaskedLMHead, SequenceClassificationHead, TransformerEncoder, TransformerEncoderConfig, mask_tokens,
+    MaskedLMHead, SequenceClassificationHead, TransformerEncoder, TransformerEncoderConfig,
+    TransformerEncoderForMaskedLM, mask_tokens,
 )
 from .lm import TransformerLM, TransformerLMConfig
 from .rnn import RNNSeq2Seq, RNNSeq2SeqConfig
@@ -16,6 +17,7 @@ __all__ = [
     "TransformerConfig",
     "TransformerEncoder",
     "TransformerEncoderConfig",
+    "TransformerEncoderForMaskedLM",
     "TransformerLM",
     "TransformerLMConfig",
     "mask_tokens",

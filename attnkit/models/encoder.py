@@ -93,6 +93,21 @@ class MaskedLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(hidden))))
 
 
+class TransformerEncoderForMaskedLM(nn.Module):
+    """A :class:`TransformerEncoder` with a :class:`MaskedLMHead` tied to its token embedding:
+    ``forward(tokens, mask=None) -> logits (B, T, vocab_size)`` for masked-LM pre-training."""
+
+    def __init__(self, config: TransformerEncoderConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = TransformerEncoder(config)
+        self.head = MaskedLMHead(config.d_model, config.vocab_size, activation=config.activation,
+                                 norm_eps=config.norm_eps, embedding=self.encoder.embed.token)
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.head(self.encoder(tokens, mask))
+
+
 class SequenceClassificationHead(nn.Module):
     """Pools the hidden states ("cls": the first position; "mean": mean over real tokens) and classifies."""
 

@@ -2,12 +2,13 @@
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
 from .schedules import lr_at
-from .tasks import LanguageModelingTask, Seq2SeqTask
+from .tasks import LanguageModelingTask, MaskedLMTask, Seq2SeqTask
 from .trainer import TrainConfig, Trainer, token_loss
 
 __all__ = [
     "CheckpointError",
     "LanguageModelingTask",
+    "MaskedLMTask",
     "Seq2SeqTask",
     "TrainConfig",
     "Trainer",

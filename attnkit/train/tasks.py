@@ -100,3 +100,27 @@ class Seq2SeqTask:
     def forward(self, model, batch):
         src, tgt_in, tgt_out = batch
         return model(src, tgt_in, src_mask=src != self.pad_id), tgt_out
+
+
+class MaskedLMTask(LanguageModelingTask):
+    """BERT's masked-LM objective on windows of a token stream: a fraction ``p`` of positions is
+    chosen (80% replaced by ``mask_id``, 10% by a random token, 10% kept) and only those are scored.
+    The masking of batch i is drawn from the seed and i, like the windows."""
+
+    def __init__(self, train: Tensor, valid: Tensor, *, mask_id: int, vocab_size: int, p: float = 0.15, **kw):
+        super().__init__(train, valid, **kw)
+        self.mask_id, self.vocab_size, self.p = mask_id, vocab_size, p
+
+    def _mask(self, window: Tensor, index: int) -> tuple[Tensor, Tensor]:
+        from ..models import mask_tokens
+
+        return mask_tokens(window, mask_id=self.mask_id, vocab_size=self.vocab_size, p=self.p,
+                           generator=_generator(self.seed + 7919, index))
+
+    def batch(self, index: int) -> tuple[Tensor, Tensor]:
+        x, _ = super().batch(index)
+        return self._mask(x, index)
+
+    def eval_batches(self):
+        for i, (x, _) in enumerate(super().eval_batches()):
+            yield self._mask(x, -1 - i)
