@@ -1,0 +1,621 @@
+"""LSH self-attention (Kitaev, Kaiser & Levskaya 2020, "Reformer: The Efficient Transformer", section 2).
+
+Queries and keys are shared: the keys are the queries scaled to unit length, so a query and a key
+that point the same way land in the same hash bucket. For each of ``n_hashes`` rounds:
+
+1. hash every token with angular LSH, ``h(x) = argmax([x R; -x R])`` for a fresh random rotation R
+   (with many buckets, R is split into two smaller rotations whose buckets are combined);
+2. sort the tokens by (bucket, position) and cut the sorted sequence into chunks of ``bucket_size``;
+3. each chunk attends to itself and to the chunk before it, keeping only pairs in the same bucket
+   (``attend_across_buckets=True`` keeps every pair of the two chunks, as reformer-pytorch and
+   Hugging Face do); causal masking uses the original positions.
+
+A token attends to itself only when it has no other target, since with shared QK a token is always
+closest to itself: the paper gives the self pair a large negative score; here it is left out, and a token
+that meets no other token in any round outputs its own value (the limit of that score, free of the
+rounding a large constant brings into the log-sum-exp). The rounds are combined as one
+softmax over all the pairs they found: round r contributes with weight ``exp(lse_r - lse)``. With
+``dedup=True`` a pair met in N rounds has its score lowered by log N, so it is not counted N times
+(the paper's eq. 6 with the m_ij term).
+
+Two implementations, one signature:
+
+* ``impl="reference"`` writes this out plainly: full (L, L) shared-QK scores per round, masked to
+  the pairs that share a bucket and lie in adjacent chunks after sorting. O(n_hashes L^2) memory.
+* ``impl="chunked"`` (the ``"auto"`` choice) works on the sorted order, in slices of chunks, as
+  (chunks, bucket_size, 2 * bucket_size) matrix products, inside a custom autograd function that keeps
+  only the sort orders and the per-token log-sum-exp and recomputes the scores in backward. Memory is
+  O(n_hashes L) plus one slice of scores.
+
+Tests hold the two equal, values and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+IMPLS = ("auto", "reference", "chunked")
+FACTORIZE_ABOVE = 128  # more buckets than this are hashed as a product of two smaller rotations
+_SLICE_ELEMENTS = 1 << 19  # scores per slice in the chunked path (2 MiB in fp32)
+
+
+@dataclass(frozen=True)
+class LSHPlan:
+    """How a sequence of ``length`` tokens is hashed and chunked.
+
+    ``chunk``: tokens per chunk (``bucket_size``, or the whole sequence when it is shorter);
+    ``n_chunks``: chunks per round, ``padded_length = n_chunks * chunk``; ``factors``: the bucket counts
+    of the rotations whose product is ``n_buckets`` (one factor unless factorized).
+    """
+
+    length: int
+    chunk: int
+    n_chunks: int
+    n_buckets: int
+    factors: tuple[int, ...]
+
+    @property
+    def padded_length(self) -> int:
+        return self.chunk * self.n_chunks
+
+
+def lsh_plan(length: int, bucket_size: int, n_buckets: int | tuple[int, ...] | None = None) -> LSHPlan:
+    """Bucket count and chunking for a sequence of ``length`` tokens.
+
+    By default a sequence no longer than ``bucket_size`` has one bucket (LSH attention is then exact
+    shared-QK attention); a longer one has about ``length / bucket_size`` buckets (rounded up to even),
+    factorized into two even factors above ``FACTORIZE_ABOVE`` buckets. ``n_buckets`` overrides the count;
+    a tuple gives the factors explicitly.
+    """
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be a positive int, got {length!r}")
+    if not isinstance(bucket_size, int) or isinstance(bucket_size, bool) or bucket_size < 1:
+        raise ValueError(f"bucket_size must be a positive int, got {bucket_size!r}")
+    chunk = min(bucket_size, length)
+    n_chunks = -(-length // chunk)
+    if n_buckets is None:
+        if length <= bucket_size:
+            factors: tuple[int, ...] = (1,)
+        else:
+            n = -(-length // bucket_size)
+            n += n % 2
+            factors = _factorize(n) if n > FACTORIZE_ABOVE else (n,)
+    elif isinstance(n_buckets, tuple):
+        factors = n_buckets
+        if not factors or any(not isinstance(f, int) or f < 2 or f % 2 for f in factors):
+            raise ValueError(f"n_buckets factors must be even ints >= 2, got {n_buckets!r}")
+    else:
+        if not isinstance(n_buckets, int) or isinstance(n_buckets, bool) or n_buckets < 1:
+            raise ValueError(f"n_buckets must be a positive int or a tuple of factors, got {n_buckets!r}")
+        if n_buckets > 1 and n_buckets % 2:
+            raise ValueError(
+                f"n_buckets must be 1 or even (angular LSH buckets come in +/- pairs), got {n_buckets}"
+            )
+        factors = (n_buckets,)
+    return LSHPlan(length, chunk, n_chunks, math.prod(factors), factors)
+
+
+def _factorize(n: int) -> tuple[int, int]:
+    # Two even factors whose product is at least n, as close to sqrt(n) as possible.
+    a = 2 * max(1, round(math.sqrt(n) / 2))
+    b = -(-n // a)
+    return a, b + b % 2
+
+
+def random_rotations(
+    d: int, n_hashes: int, factors: tuple[int, ...], seed: int, device=None
+) -> list[Tensor]:
+    """One (d, n_hashes, f / 2) Gaussian rotation per bucket factor f, drawn from ``seed``.
+
+    Drawn on the CPU and moved, so a seed gives the same rotations on every device.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(d, n_hashes, f // 2, generator=g).to(device) if f > 1 else None for f in factors
+    ]
+
+
+def lsh_buckets(
+    x: Tensor, n_hashes: int, factors: tuple[int, ...], seed: int
+) -> Tensor:
+    """Angular LSH buckets of x (B, H, L, D) -> (B, H, n_hashes, L) integer ids in [0, prod(factors)).
+
+    For each factor f: ``argmax([x R; -x R])`` over f directions; the factors' ids are combined in mixed
+    radix. Rotations are shared by the batch and the heads, new for each round. Computed in fp32.
+    """
+    B, H, L, D = x.shape
+    rotations = random_rotations(D, n_hashes, factors, seed, device=x.device)
+    out = torch.zeros(B * H, n_hashes, L, dtype=torch.long, device=x.device)
+    xs = x.reshape(B * H, L, D)
+    for n in range(B * H):  # one (batch, head) at a time: the projections are (n_hashes, L, f/2)
+        xn = xs[n].float()
+        for f, R in zip(factors, rotations):
+            if R is None:
+                continue
+            proj = torch.einsum("ld,drk->rlk", xn, R)  # (n_hashes, L, f / 2)
+            ids = torch.cat([proj, -proj], dim=-1).argmax(dim=-1)  # (n_hashes, L)
+            out[n].mul_(f).add_(ids)
+    return out.view(B, H, n_hashes, L)
+
+
+def shared_qk_attention(
+    qk: Tensor, v: Tensor, *, causal: bool = False, mask: Tensor | None = None, scale: float | None = None
+) -> Tensor:
+    """Exact (full) shared-QK attention, the limit LSH attention approximates.
+
+    Scores ``qk_i . k_j * scale`` with ``k_j = qk_j / |qk_j|``; a token attends to itself only when it
+    has no other target. ``mask``: key padding mask, True = real token, (B, L) or (B, 1, 1, L). Rows of
+    padding tokens give zeros.
+
+    Shape: qk (B, H, L, D), v (B, H, L, D_v) -> (B, H, L, D_v).
+    """
+    _check_inputs(qk, v)
+    B, H, L, D = qk.shape
+    valid = _key_mask(mask, B, H, L)
+    scale = D**-0.5 if scale is None else scale
+    k = torch.nn.functional.normalize(qk, dim=-1) * scale
+    scores = (qk @ k.transpose(-2, -1)).to(_compute_dtype(qk.dtype))  # (B, H, L, L)
+    allowed = ~torch.eye(L, dtype=torch.bool, device=qk.device)  # not itself ...
+    if causal:
+        allowed = allowed.tril()
+    if valid is not None:
+        allowed = allowed & valid[:, :, None, :] & valid[:, :, :, None]  # (B, H, L, L)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows -> 0
+    out = weights.to(v.dtype) @ v
+    return _self_fallback(out, v, allowed.any(-1), valid)  # ... unless it has no other target
+
+
+def _self_fallback(out: Tensor, v: Tensor, has_target: Tensor, valid: Tensor | None) -> Tensor:
+    # A real token with no other target attends to itself: its output is its own value.
+    lonely = ~has_target if valid is None else valid & ~has_target  # (B, H, L)
+    return torch.where(lonely[..., None], v, out)
+
+
+def lsh_attention(
+    qk: Tensor,
+    v: Tensor,
+    *,
+    n_hashes: int = 4,
+    bucket_size: int = 64,
+    causal: bool = False,
+    mask: Tensor | None = None,
+    seed: int | None = None,
+    impl: str = "auto",
+    n_buckets: int | tuple[int, ...] | None = None,
+    attend_across_buckets: bool = False,
+    dedup: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> Tensor:
+    """LSH attention with shared queries and keys.
+
+    Args:
+        qk: shared queries/keys (B, H, L, D); the keys are ``qk`` scaled to unit length.
+        v: values (B, H, L, D_v).
+        n_hashes: hash rounds; more rounds find more of each query's neighbours (and cost more).
+        bucket_size: tokens per chunk; the default bucket count is about L / bucket_size. Any L works:
+            the sequence is padded inside, and a sequence no longer than bucket_size is one bucket.
+        causal: a token attends only to tokens at its position or before (original positions).
+        mask: key padding mask, True = real token, (B, L) or (B, 1, 1, L). Padding tokens are never
+            attended to, and their own outputs are zero.
+        seed: seeds the random rotations (and the dropout masks). ``None`` draws one from torch's
+            global generator, so ``torch.manual_seed`` makes a run repeatable.
+        impl: ``"reference"`` (plain full-matrix version), ``"chunked"`` (sorted, sliced, memory-lean)
+            or ``"auto"`` (chunked).
+        n_buckets: override the bucket count (even, or 1), or give its factors as a tuple.
+        attend_across_buckets: keep pairs of different buckets that fall in adjacent chunks.
+        dedup: lower the score of a pair found in N rounds by log N, so it counts once.
+        dropout_p: dropout on the attention weights (chunked path only; the caller passes 0.0 in eval).
+        scale: score scale, default ``1 / sqrt(D)``.
+
+    Returns:
+        (B, H, L, D_v), in v's dtype (scores and softmax are computed in at least fp32).
+    """
+    _check_inputs(qk, v)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(n_hashes, int) or isinstance(n_hashes, bool) or n_hashes < 1:
+        raise ValueError(f"n_hashes must be a positive int, got {n_hashes!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    B, H, L, D = qk.shape
+    plan = lsh_plan(L, bucket_size, n_buckets)
+    valid = _key_mask(mask, B, H, L)  # (B, H, L) or None
+    scale = D**-0.5 if scale is None else float(scale)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    with torch.no_grad():
+        buckets = lsh_buckets(qk.detach(), n_hashes, plan.factors, seed)  # (B, H, n_hashes, L)
+    if impl == "reference":
+        if dropout_p > 0.0:
+            raise ValueError("dropout_p > 0 is only supported by impl='chunked'")
+        return _reference(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, scale)
+    return _chunked(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, dropout_p, seed, scale)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reference: the definition, with full (L, L) matrices.
+
+
+def _sort_ranks(buckets: Tensor, valid: Tensor | None, n_buckets: int) -> Tensor:
+    """Position of each token in the (bucket, position) order, padding tokens last: (..., L)."""
+    L = buckets.shape[-1]
+    key = buckets if valid is None else buckets.masked_fill(~valid, n_buckets)
+    key = key * L + torch.arange(L, device=buckets.device)
+    return key.argsort(dim=-1).argsort(dim=-1)
+
+
+def _reference(qk, v, buckets, valid, plan, causal, across, dedup, scale):
+    B, H, L, D = qk.shape
+    R = buckets.shape[2]
+    k = torch.nn.functional.normalize(qk, dim=-1) * scale
+    scores = (qk @ k.transpose(-2, -1)).to(_compute_dtype(qk.dtype))  # (B, H, L, L)
+
+    base = ~torch.eye(L, dtype=torch.bool, device=qk.device)  # never itself (see _self_fallback)
+    if causal:
+        base = base.tril()
+    base = base.expand(B, H, L, L)
+    if valid is not None:
+        base = base & valid[:, :, :, None] & valid[:, :, None, :]
+    allowed = []  # per round: (B, H, L, L), True where query i meets key j in that round
+    for r in range(R):
+        b = buckets[:, :, r]  # (B, H, L)
+        chunk = _sort_ranks(b, valid, plan.n_buckets) // plan.chunk  # (B, H, L)
+        offset = chunk[:, :, :, None] - chunk[:, :, None, :]  # chunk(i) - chunk(j)
+        meet = base & ((offset == 0) | (offset == 1))  # same chunk, or j one chunk back
+        if not across:
+            meet = meet & (b[:, :, :, None] == b[:, :, None, :])
+        allowed.append(meet)
+    if dedup:
+        count = torch.stack(allowed).sum(0).clamp_min(1)  # rounds in which each pair meets
+        scores = scores - count.to(scores.dtype).log()
+    per_round = [scores.masked_fill(~a, float("-inf")) for a in allowed]
+    weights = torch.softmax(torch.cat(per_round, dim=-1), dim=-1).nan_to_num(0.0)  # (B, H, L, R * L)
+    weights = weights.to(v.dtype).unflatten(-1, (R, L))  # (B, H, L, R, L)
+    out = torch.einsum("bhirj,bhjd->bhid", weights, v)
+    has_target = torch.stack(allowed).any(0).any(-1)  # (B, H, L)
+    return _self_fallback(out, v, has_target, valid)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chunked: the sorted, sliced algorithm with recomputation in backward.
+
+
+def _chunked(qk, v, buckets, valid, plan, causal, across, dedup, dropout_p, seed, scale):
+    B, H, L, _ = qk.shape
+    R = buckets.shape[2]
+    Lp, C, N = plan.padded_length, plan.chunk, B * H
+    device = qk.device
+    with torch.no_grad():
+        is_valid = torch.zeros(N, Lp, dtype=torch.bool, device=device)
+        is_valid[:, :L] = True if valid is None else valid.reshape(N, L)
+        b = torch.full((N, R, Lp), plan.n_buckets, dtype=torch.long, device=device)
+        b[:, :, :L] = buckets.reshape(N, R, L)
+        b.masked_fill_(~is_valid[:, None, :], plan.n_buckets)  # padding sorts last
+        # A stable sort by bucket keeps the positions ascending within each bucket.
+        _, order = torch.sort(b, dim=-1, stable=True)  # (N, R, Lp): sorted slot -> position
+        group = b if not across else torch.where(b < plan.n_buckets, 0, plan.n_buckets)
+        code = torch.gather(group, -1, order)  # (N, R, Lp), sorted: the group a query and key must share
+        where = None
+        if dedup:
+            # Where each token sits in every round, as one number, group * (n_chunks + 1) + chunk: two
+            # tokens meet in a round iff the query's number minus the key's is 0 or 1.
+            rank = torch.empty_like(order)
+            rank.scatter_(-1, order, torch.arange(Lp, device=device).expand(N, R, Lp))
+            where = (group * (plan.n_chunks + 1) + rank // C).transpose(1, 2).contiguous()  # (N, Lp, R)
+    cfg = _Config(plan, causal, across, dedup, dropout_p, seed, scale)
+    return _LSHAttentionFunction.apply(qk, v, order, code, where, is_valid[:, :L].view(B, H, L), cfg)
+
+
+@dataclass(frozen=True)
+class _Config:
+    plan: LSHPlan
+    causal: bool
+    across: bool
+    dedup: bool
+    dropout_p: float
+    seed: int
+    scale: float
+
+
+class _Round:
+    """One (batch*head, round) in sorted order.
+
+    The keys' buffers have one empty chunk in front, so that the window of chunk c (chunks c - 1 and c)
+    is rows [c * C, c * C + 2C) of the buffer: a strided view, not a copy.
+    """
+
+    def __init__(self, cfg: _Config, order: Tensor, code: Tensor, where: Tensor | None, L: int):
+        plan = cfg.plan
+        C, Lp = plan.chunk, plan.padded_length
+        self.cfg, self.C, self.n_chunks = cfg, C, plan.n_chunks
+        device = order.device
+        self.src = order.clamp(max=L - 1)  # padding slots read some real row; they are masked
+        inverse = torch.empty_like(order)
+        inverse.scatter_(0, order, torch.arange(Lp, device=device))
+        self.inverse = inverse[:L]  # position -> sorted slot
+        valid = code < plan.n_buckets  # (Lp,)
+        self.q_code = code
+        self.k_code = torch.full((C + Lp,), -1, dtype=code.dtype, device=device)
+        self.k_code[C:] = code.masked_fill(~valid, -1)  # a padding key matches no query
+        if cfg.causal and cfg.across:
+            self.q_pos = order
+            self.k_pos = torch.full((C + Lp,), Lp, dtype=order.dtype, device=device)
+            self.k_pos[C:] = order
+        elif cfg.causal:
+            # Within a bucket the sorted order is the position order, so the causal pattern is fixed:
+            # query i of a chunk may see window keys 0 .. C + i.
+            self.forbid = torch.ones(C, 2 * C, dtype=torch.bool, device=device).triu(C + 1)
+        if where is not None:
+            self.q_where = where[self.src]  # (Lp, R)
+            self.k_where = torch.full((C + Lp, where.shape[1]), -(2**40), dtype=where.dtype, device=device)
+            self.k_where[C:] = self.q_where
+
+    def window(self, buf: Tensor, c0: int, c1: int) -> Tensor:
+        """(c1 - c0, 2C, ...) view of a keys' buffer: chunks c - 1 and c for c in [c0, c1)."""
+        C = self.C
+        inner = math.prod(buf.shape[1:])
+        return buf.as_strided(
+            (c1 - c0, 2 * C, *buf.shape[1:]), (C * inner, *buf.stride()), buf.storage_offset() + c0 * C * inner
+        )
+
+    def rows(self, x: Tensor, c0: int, c1: int) -> Tensor:
+        """(c1 - c0, C, ...) view of a queries' tensor: chunks [c0, c1)."""
+        return x[c0 * self.C : c1 * self.C].view(c1 - c0, self.C, *x.shape[1:])
+
+    def scores(self, q_s: Tensor, k_buf: Tensor, c0: int, c1: int) -> Tensor:
+        """Scores of chunks [c0, c1) against their windows, -inf where not allowed: (m, C, 2C)."""
+        cfg = self.cfg
+        s = torch.bmm(q_s, self.window(k_buf, c0, c1).transpose(1, 2))  # (m, C, 2C)
+        forbid = torch.ne(self.rows(self.q_code, c0, c1)[:, :, None], self.window(self.k_code, c0, c1)[:, None, :])
+        if cfg.causal and cfg.across:
+            forbid |= torch.gt(self.window(self.k_pos, c0, c1)[:, None, :], self.rows(self.q_pos, c0, c1)[:, :, None])
+        elif cfg.causal:
+            forbid |= self.forbid
+        s.masked_fill_(forbid, float("-inf"))
+        if cfg.dedup:
+            s.sub_(self._meet_counts(c0, c1, s.dtype).log_())
+        s.diagonal(offset=self.C, dim1=1, dim2=2).fill_(float("-inf"))  # itself: see _self_fallback
+        return s
+
+    def probabilities(self, s: Tensor, empty: Tensor) -> Tensor:
+        """Softmax of each row within this round. A row with no target (``empty``) is given its own
+        token, to stay finite; the round's weight for it, exp(-inf), is zero."""
+        s.diagonal(offset=self.C, dim1=1, dim2=2).masked_fill_(empty, 0.0)
+        return torch.softmax(s, dim=-1)
+
+    def _meet_counts(self, c0: int, c1: int, dtype) -> Tensor:
+        qw = self.rows(self.q_where, c0, c1)  # (m, C, R)
+        kw = self.window(self.k_where, c0, c1)  # (m, 2C, R)
+        count = torch.zeros(c1 - c0, self.C, 2 * self.C, dtype=dtype, device=qw.device)
+        for r in range(qw.shape[-1]):
+            d = qw[:, :, None, r] - kw[:, None, :, r]
+            count += (d >= 0) & (d <= 1)
+        return count.clamp_min_(1.0)
+
+    def dropout(self, p: Tensor, n: int, r: int, c0: int) -> Tensor:
+        """p with dropout applied; the mask is drawn from (seed, n, r, c0), so backward redraws it."""
+        g = torch.Generator(device=p.device)
+        g.manual_seed((self.cfg.seed * 1_000_003 + (n * 10_007 + r) * 1_000_033 + c0) % (2**63))
+        keep = torch.rand(p.shape, generator=g, device=p.device, dtype=p.dtype) >= self.cfg.dropout_p
+        return p * keep * (1.0 / (1.0 - self.cfg.dropout_p))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _slices(n_chunks: int, C: int):
+    step = max(1, _SLICE_ELEMENTS // (2 * C * C))
+    for c0 in range(0, n_chunks, step):
+        yield c0, min(c0 + step, n_chunks)
+
+
+def _token_major(B: int, H: int, L: int, D: int, **kwargs) -> Tensor:
+    """A (B, H, L, D) tensor laid out as (B, L, H, D), so merging the heads afterwards is a view."""
+    return torch.empty(B, L, H, D, **kwargs).permute(0, 2, 1, 3)
+
+
+class _LSHAttentionFunction(torch.autograd.Function):
+    """Chunked LSH attention over (B, H, L, D).
+
+    Saves the inputs, the sort orders, the output, each token's log-sum-exp over all rounds and its
+    log-sum-exp in each round (sorted order); backward recomputes each slice's scores, and the ratio
+    exp(lse_round - lse) turns the within-round softmax into that round's share of the whole.
+    """
+
+    @staticmethod
+    def forward(ctx, qk, v, order, code, where, valid, cfg: _Config):
+        B, H, L, D = qk.shape
+        Dv = v.shape[-1]
+        plan = cfg.plan
+        C, Lp, R = plan.chunk, plan.padded_length, order.shape[1]
+        cdt = _compute_dtype(qk.dtype)
+        sdt = torch.float64 if cdt == torch.float64 else torch.float32  # log-sum-exp
+        device = qk.device
+        out = _token_major(B, H, L, Dv, dtype=cdt, device=device)
+        lse = torch.empty(B, H, L, dtype=sdt, device=device)
+        lse_rounds = torch.empty(B * H, R, Lp, dtype=sdt, device=device)  # sorted order
+        q_sorted = torch.empty(Lp, D, dtype=cdt, device=device)
+        k_buf = torch.zeros(C + Lp, D, dtype=cdt, device=device)
+        v_buf = torch.zeros(C + Lp, Dv, dtype=cdt, device=device)
+        o_sorted = torch.empty(Lp, Dv, dtype=cdt, device=device)
+        for n in range(B * H):
+            b, h = divmod(n, H)
+            q_n = qk[b, h].to(cdt)  # (L, D)
+            key_scale = _key_scale(q_n, cfg.scale)  # (L, 1): k = q * key_scale
+            v_n = v[b, h].to(cdt)
+            for r in range(R):
+                rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
+                torch.index_select(q_n, 0, rd.src, out=q_sorted)
+                torch.mul(q_sorted, key_scale.index_select(0, rd.src), out=k_buf[C:])
+                torch.index_select(v_n, 0, rd.src, out=v_buf[C:])
+                for c0, c1 in _slices(plan.n_chunks, C):
+                    s = rd.scores(rd.rows(q_sorted, c0, c1), k_buf, c0, c1)  # (m, C, 2C)
+                    m = s.amax(dim=-1)  # (m, C)
+                    empty = m == float("-inf")
+                    p = rd.probabilities(s, empty)
+                    # The largest weight is exp(m - lse), which gives the log-sum-exp.
+                    rd.rows(lse_rounds[n, r], c0, c1).copy_(m - p.amax(dim=-1).log())
+                    if cfg.dropout_p > 0.0:
+                        p = rd.dropout(p, n, r, c0)
+                    torch.bmm(p, rd.window(v_buf, c0, c1), out=rd.rows(o_sorted, c0, c1))
+                lse_r = lse_rounds[n, r].index_select(0, rd.inverse)  # (L,), by position
+                if r == 0:
+                    out[b, h] = o_sorted.index_select(0, rd.inverse)
+                    lse[b, h] = lse_r
+                else:
+                    _merge(out[b, h], lse[b, h], o_sorted.index_select(0, rd.inverse), lse_r)
+            lonely = valid[b, h] & (lse[b, h] == float("-inf"))  # met no other token: attends to itself
+            if lonely.any():
+                out[b, h] = torch.where(lonely[:, None], v_n, out[b, h])
+        ctx.save_for_backward(qk, v, order, code, where, valid, out, lse, lse_rounds)
+        ctx.cfg = cfg
+        return out.to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qk, v, order, code, where, valid, out, lse, lse_rounds = ctx.saved_tensors
+        cfg = ctx.cfg
+        B, H, L, D = qk.shape
+        Dv = v.shape[-1]
+        plan = cfg.plan
+        C, Lp, R = plan.chunk, plan.padded_length, order.shape[1]
+        cdt = out.dtype
+        device = qk.device
+        # A token that met no other token has lse = -inf: it passed its own value through.
+        lonely = lse == float("-inf")
+        lse = lse.masked_fill(lonely, float("inf"))  # and its weights, exp(s - inf), are zero
+        lonely &= valid
+        grad_out = grad_out.to(cdt)
+        dq = _token_major(B, H, L, D, dtype=cdt, device=device)
+        dv = _token_major(B, H, L, Dv, dtype=cdt, device=device)
+        q_sorted = torch.empty(Lp, D, dtype=cdt, device=device)
+        k_buf = torch.zeros(C + Lp, D, dtype=cdt, device=device)
+        v_buf = torch.zeros(C + Lp, Dv, dtype=cdt, device=device)
+        do_sorted = torch.empty(Lp, Dv, dtype=cdt, device=device)
+        dq_sorted = torch.empty(Lp, D, dtype=cdt, device=device)
+        dk_buf = torch.empty(C + Lp, D, dtype=cdt, device=device)
+        dv_buf = torch.empty(C + Lp, Dv, dtype=cdt, device=device)
+        dk_chunks = dk_buf.view(plan.n_chunks + 1, C, D)
+        dv_chunks = dv_buf.view(plan.n_chunks + 1, C, Dv)
+        for n in range(B * H):
+            b, h = divmod(n, H)
+            q_n = qk[b, h].to(cdt)
+            key_scale = _key_scale(q_n, cfg.scale)  # (L, 1)
+            v_n = v[b, h].to(cdt)
+            do_n = grad_out[b, h]  # (L, Dv)
+            delta_n = (do_n * out[b, h]).sum(-1).to(lse.dtype)  # D_i = dO_i . O_i
+            dq_n, dv_n = dq[b, h], dv[b, h]
+            dq_n.zero_()
+            dv_n.zero_()
+            if lonely[b, h].any():
+                dv_n.copy_(torch.where(lonely[b, h, :, None], do_n, 0.0))
+            dk_n = torch.zeros(L, D, dtype=cdt, device=device)  # w.r.t. the scaled unit keys
+            for r in range(R):
+                rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
+                torch.index_select(q_n, 0, rd.src, out=q_sorted)
+                torch.mul(q_sorted, key_scale.index_select(0, rd.src), out=k_buf[C:])
+                torch.index_select(v_n, 0, rd.src, out=v_buf[C:])
+                torch.index_select(do_n, 0, rd.src, out=do_sorted)
+                # This round's share of each token's softmax; dO and D scaled by it (zero for empty rows).
+                lse_r = lse_rounds[n, r]  # (Lp,)
+                share = (lse_r - lse[b, h].index_select(0, rd.src)).exp()  # (Lp,)
+                do_sorted.mul_(share[:, None].to(cdt))
+                delta_sorted = delta_n.index_select(0, rd.src) * share
+                dk_chunks[0].zero_()
+                dv_chunks[0].zero_()
+                for c0, c1 in _slices(plan.n_chunks, C):
+                    q_s = rd.rows(q_sorted, c0, c1)  # (m, C, D)
+                    do_s = rd.rows(do_sorted, c0, c1)  # (m, C, Dv)
+                    s = rd.scores(q_s, k_buf, c0, c1)
+                    p = rd.probabilities(s, rd.rows(lse_r, c0, c1) == float("-inf"))  # (m, C, 2C)
+                    dp = torch.bmm(do_s, rd.window(v_buf, c0, c1).transpose(1, 2))  # (m, C, 2C)
+                    if cfg.dropout_p > 0.0:
+                        p_drop = rd.dropout(p, n, r, c0)
+                        dp = rd.dropout(dp, n, r, c0)
+                    else:
+                        p_drop = p
+                    dv_w = torch.bmm(p_drop.transpose(1, 2), do_s)  # (m, 2C, Dv)
+                    # Chunk c's keys get its own window's second half and chunk c + 1's first half.
+                    dv_chunks[c0 + 1 : c1 + 1].copy_(dv_w[:, C:])
+                    dv_chunks[c0:c1].add_(dv_w[:, :C])
+                    ds = dp.sub_(rd.rows(delta_sorted, c0, c1)[:, :, None]).mul_(p)  # dS = P (dP - D)
+                    torch.bmm(ds, rd.window(k_buf, c0, c1), out=rd.rows(dq_sorted, c0, c1))
+                    dk_w = torch.bmm(ds.transpose(1, 2), q_s)  # (m, 2C, D)
+                    dk_chunks[c0 + 1 : c1 + 1].copy_(dk_w[:, C:])
+                    dk_chunks[c0:c1].add_(dk_w[:, :C])
+                dq_n.add_(dq_sorted.index_select(0, rd.inverse))
+                dk_n.add_(dk_buf[C:].index_select(0, rd.inverse))
+                dv_n.add_(dv_buf[C:].index_select(0, rd.inverse))
+            # Through the keys' normalization, k = q * scale / |q|: dq += (dk - u (u . dk)) * scale / |q|
+            # with u = q / |q|, i.e. dq += key_scale * (dk - q (q . dk) * key_scale^2 / scale^2).
+            proj = (q_n * dk_n).sum(-1, keepdim=True).mul_(key_scale.square() / cfg.scale**2)
+            dq_n.add_(dk_n.sub_(q_n * proj).mul_(key_scale))
+        return dq.to(qk.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def _key_scale(q: Tensor, scale: float) -> Tensor:
+    """(L, 1) factors that turn the queries into the keys: scale / |q| (F.normalize's eps)."""
+    return scale / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _merge(out: Tensor, lse: Tensor, o_r: Tensor, lse_r: Tensor) -> None:
+    """In place: (out, lse) <- the softmax-weighted combination of (out, lse) and (o_r, lse_r)."""
+    new = torch.logaddexp(lse, lse_r)
+    safe = new.masked_fill(new == float("-inf"), 0.0)
+    w_old = (lse - safe).exp_().unsqueeze(-1)
+    w_new = (lse_r - safe).exp_().unsqueeze(-1)
+    out.mul_(w_old.to(out.dtype)).addcmul_(o_r, w_new.to(out.dtype))
+    lse.copy_(new)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks
+
+
+def _describe(x) -> str:
+    if isinstance(x, Tensor):
+        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return type(x).__name__
+
+
+def _check_inputs(qk, v) -> None:
+    for name, x in (("qk", qk), ("v", v)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {_describe(x)}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, L, D) (4 dims), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if qk.dtype != v.dtype:
+        raise TypeError(f"qk and v must share a dtype, got {qk.dtype} and {v.dtype}")
+    if qk.shape[:3] != v.shape[:3]:
+        raise ValueError(f"qk and v must share (B, H, L), got qk {tuple(qk.shape)} and v {tuple(v.shape)}")
+    if qk.shape[2] == 0:
+        raise ValueError("qk has length 0: LSH attention needs at least one token")
+
+
+def _key_mask(mask, B: int, H: int, L: int) -> Tensor | None:
+    """A key padding mask, (B, L) or (B, 1, 1, L) (or with H heads), as (B, H, L) booleans."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a boolean torch.Tensor, got {_describe(mask)}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be boolean (True = real token), got dtype {mask.dtype}")
+    if mask.dim() == 2 and mask.shape == (B, L):
+        return mask[:, None, :].expand(B, H, L)
+    if mask.dim() == 4 and mask.shape[0] == B and mask.shape[1] in (1, H) and mask.shape[2] == 1 and mask.shape[3] == L:
+        return mask[:, :, 0, :].expand(B, H, L)
+    raise ValueError(
+        f"mask must be a key padding mask of shape (B, L) = ({B}, {L}) or (B, 1, 1, L) = ({B}, 1, 1, {L}); "
+        f"got shape {tuple(mask.shape)} (LSH attention supports padding masks only)"
+    )
