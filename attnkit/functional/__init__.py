@@ -1,13 +1,18 @@
 """Pure functions over (B, H, T, D) tensors."""
 
 from .attention import causal_mask, dot_product_attention, padding_mask, repeat_kv
+from .lsh import lsh_attention, lsh_buckets, lsh_plan, shared_qk_attention
 from .rotary import apply_rotary, rotary_angles
 
 __all__ = [
     "apply_rotary",
     "causal_mask",
     "dot_product_attention",
+    "lsh_attention",
+    "lsh_buckets",
+    "lsh_plan",
     "padding_mask",
     "repeat_kv",
     "rotary_angles",
+    "shared_qk_attention",
 ]

@@ -5,6 +5,7 @@ from .encoder import (
     TransformerEncoderForMaskedLM, mask_tokens,
 )
 from .lm import TransformerLM, TransformerLMConfig
+from .reformer import Reformer, ReformerConfig, ReformerLM
 from .rnn import RNNSeq2Seq, RNNSeq2SeqConfig
 from .transformer import Transformer, TransformerConfig
 
@@ -12,6 +13,9 @@ __all__ = [
     "MaskedLMHead",
     "RNNSeq2Seq",
     "RNNSeq2SeqConfig",
+    "Reformer",
+    "ReformerConfig",
+    "ReformerLM",
     "SequenceClassificationHead",
     "Transformer",
     "TransformerConfig",

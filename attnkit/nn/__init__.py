@@ -1,22 +1,31 @@
 """Thin modules that own parameters and call the functional core."""
 
 from .attention import KVCache, MultiHeadAttention
+from .axial import AxialPositionalEmbedding
 from .block import BlockCache, TransformerBlock
+from .chunked import ChunkedFeedForward, chunked_cross_entropy
 from .layers import FeedForward, RMSNorm, make_norm
+from .lsh import LSHSelfAttention
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
+from .reversible import ReversibleSequence
 
 from torch.nn import LayerNorm
 
 __all__ = [
+    "AxialPositionalEmbedding",
     "BlockCache",
+    "ChunkedFeedForward",
     "FeedForward",
     "KVCache",
+    "LSHSelfAttention",
     "LayerNorm",
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",
     "RMSNorm",
+    "ReversibleSequence",
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
     "TransformerBlock",
+    "chunked_cross_entropy",
     "make_norm",
 ]

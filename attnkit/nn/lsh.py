@@ -1,0 +1,97 @@
+"""LSH self-attention as a module: shared query/key projection, value projection, output projection."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.lsh import lsh_attention
+
+
+class LSHSelfAttention(nn.Module):
+    """Multi-head LSH self-attention (Reformer, section 2): queries and keys share one projection.
+
+    Args:
+        d_model: width of the input and output.
+        n_heads: number of heads.
+        d_head: width of each head, default ``d_model // n_heads``.
+        n_hashes, bucket_size, n_buckets, attend_across_buckets, dedup: see
+            :func:`attnkit.functional.lsh_attention`.
+        causal: attend only to earlier positions (and itself).
+        dropout: dropout on the attention weights, in training only.
+        bias: biases in the shared QK and the value projections (the output projection always has one).
+        eval_seed: the hash seed in eval mode, so evaluation is deterministic; in training each call
+            draws a seed from torch's global generator (``torch.manual_seed`` repeats a run, and a
+            reversible layer replays it in backward).
+        impl: passed to ``lsh_attention`` ("auto", "chunked" or "reference").
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        d_head: int | None = None,
+        n_hashes: int = 4,
+        bucket_size: int = 64,
+        causal: bool = False,
+        dropout: float = 0.0,
+        n_buckets: int | tuple[int, ...] | None = None,
+        attend_across_buckets: bool = False,
+        dedup: bool = False,
+        bias: bool = False,
+        eval_seed: int = 0,
+        impl: str = "auto",
+    ):
+        super().__init__()
+        if d_head is None:
+            if d_model % n_heads:
+                raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}), or pass d_head")
+            d_head = d_model // n_heads
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
+        self.n_hashes, self.bucket_size, self.n_buckets = n_hashes, bucket_size, n_buckets
+        self.causal, self.dropout = causal, dropout
+        self.attend_across_buckets, self.dedup = attend_across_buckets, dedup
+        self.eval_seed, self.impl = eval_seed, impl
+        self.qk_proj = nn.Linear(d_model, n_heads * d_head, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_heads * d_head, bias=bias)
+        self.out_proj = nn.Linear(n_heads * d_head, d_model)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, seed: int | None = None) -> Tensor:
+        """x (B, L, d_model) -> y (B, L, d_model).
+
+        ``mask``: key padding mask, True = real token, (B, L) or (B, 1, 1, L). ``seed`` overrides the
+        hash seed (see ``eval_seed``).
+        """
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (B, L, d_model={self.d_model}), got {shape}")
+        B, L, _ = x.shape
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item()) if self.training else self.eval_seed
+        qk = self.qk_proj(x).view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, D)
+        v = self.v_proj(x).view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, D)
+        y = lsh_attention(
+            qk,
+            v,
+            n_hashes=self.n_hashes,
+            bucket_size=self.bucket_size,
+            causal=self.causal,
+            mask=mask,
+            seed=seed,
+            impl=self.impl,
+            n_buckets=self.n_buckets,
+            attend_across_buckets=self.attend_across_buckets,
+            dedup=self.dedup,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, H, L, D), laid out token-major by the chunked path, so the next line is a view
+        y = y.transpose(1, 2).reshape(B, L, self.n_heads * self.d_head)  # (B, L, H * D)
+        return self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, n_hashes={self.n_hashes}, "
+            f"bucket_size={self.bucket_size}, causal={self.causal}"
+        )

@@ -1,0 +1,171 @@
+"""Reversible residual layers (Gomez et al. 2017, "The Reversible Residual Network"; Reformer, section 3).
+
+The activations are split into two streams; each branch adds its output to one stream, computed from
+the other:
+
+    Y1 = X1 + F(X2),   Y2 = X2 + G(Y1)      and back:   X2 = Y2 - G(Y1),   X1 = Y1 - F(X2)
+
+so a layer's inputs can be rebuilt from its outputs. A :class:`ReversibleSequence` keeps only the last
+layer's outputs; backward walks the layers in reverse, rebuilding each layer's inputs and recomputing its
+branches with gradients, so activation memory does not grow with depth. Branches that draw random numbers
+(dropout, LSH hash seeds) see the same random state when recomputed: the generator states captured before
+each branch in forward are replayed in backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class ReversibleSequence(nn.Module):
+    """A stack of reversible residual branches.
+
+    Branch ``i`` updates stream ``i % 2`` from the other stream: ``[attn, ff, attn, ff, ...]`` gives
+    ``Y1 = X1 + attn(X2), Y2 = X2 + ff(Y1)`` per layer; a decoder layer can be ``[self_attn, cross_attn, ff]``.
+
+    Each branch is called as ``branch(x, **kwargs)`` with the keyword tensors given to ``forward`` (it
+    ignores those it does not use). A position-wise branch with ``chunks > 1`` and ``forward_chunk``
+    (such as :class:`~attnkit.nn.ChunkedFeedForward`) is run slice by slice along the sequence.
+
+    Args:
+        branches: the residual branches, in order.
+        reversible: if False, run the same two-stream computation with ordinary autograd (keeping every
+            activation): for comparison and for short sequences.
+    """
+
+    def __init__(self, branches: Sequence[nn.Module], reversible: bool = True):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+        self.reversible = reversible
+
+    def forward(self, x: Tensor, **kwargs) -> Tensor:
+        """x (B, L, d_model) -> (B, L, d_model): both streams start as x; the result is their mean."""
+        y1, y2 = self.forward_streams(x, x, **kwargs)
+        return (y1 + y2) / 2
+
+    def forward_streams(self, x1: Tensor, x2: Tensor, **kwargs) -> tuple[Tensor, Tensor]:
+        """(X1, X2) -> (Y1, Y2) through every branch."""
+        if x1.shape != x2.shape:
+            raise ValueError(f"the two streams must have one shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        if not self.reversible or not torch.is_grad_enabled():
+            streams = [x1, x2]
+            for i, branch in enumerate(self.branches):
+                streams[i % 2] = streams[i % 2] + _call(branch, streams[1 - i % 2], kwargs)
+            return streams[0], streams[1]
+        names = sorted(kwargs)
+        kw_values = [kwargs[k] for k in names]
+        params = [p for p in self.parameters() if p.requires_grad]
+        return _ReversibleFunction.apply(x1, x2, self.branches, names, len(kw_values), *kw_values, *params)
+
+
+def _call(branch: nn.Module, x: Tensor, kwargs: dict) -> Tensor:
+    chunks = getattr(branch, "chunks", 1)
+    if chunks > 1 and hasattr(branch, "forward_chunk"):
+        if torch.is_grad_enabled():
+            # Outside a reversible recompute, checkpoint each slice.
+            return branch(x)
+        return torch.cat([branch.forward_chunk(p) for p in x.chunk(chunks, dim=-2)], dim=-2)
+    return branch(x, **kwargs)
+
+
+class _RNGState:
+    """The global generator states (CPU, and the tensor's accelerator if any) at one moment."""
+
+    def __init__(self, device: torch.device):
+        self.cpu = torch.get_rng_state()
+        self.device = device if device.type == "cuda" else None
+        self.accel = torch.cuda.get_rng_state(device) if self.device is not None else None
+
+    @contextlib.contextmanager
+    def replay(self):
+        """A context in which the global generators start from this state (restored afterwards)."""
+        devices = [self.device] if self.device is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu)
+            if self.device is not None:
+                torch.cuda.set_rng_state(self.accel, self.device)
+            yield
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x1, x2, branches, names, n_kw, *rest):
+        kw_values, params = rest[:n_kw], rest[n_kw:]
+        kwargs = dict(zip(names, kw_values))
+        streams = [x1.detach(), x2.detach()]
+        states = []
+        with torch.no_grad():
+            for i, branch in enumerate(branches):
+                states.append(_RNGState(x1.device))
+                streams[i % 2] = streams[i % 2] + _call(branch, streams[1 - i % 2], kwargs)
+        ctx.branches, ctx.names, ctx.states, ctx.n_kw = branches, names, states, n_kw
+        ctx.param_index = {id(p): j for j, p in enumerate(params)}
+        ctx.save_for_backward(streams[0], streams[1], *[t if isinstance(t, Tensor) else None for t in kw_values])
+        ctx.kw_other = [None if isinstance(t, Tensor) else t for t in kw_values]
+        return streams[0], streams[1]
+
+    @staticmethod
+    def backward(ctx, dy1, dy2):
+        saved = ctx.saved_tensors
+        y1, y2 = saved[0], saved[1]
+        kw_saved = saved[2:]
+        kw_values = [t if t is not None else o for t, o in zip(kw_saved, ctx.kw_other)]
+        # Keyword tensors that need gradients (an encoder's output, for example) get leaf stand-ins.
+        kw_leaves = [
+            t.detach().requires_grad_() if isinstance(t, Tensor) and t.requires_grad else t for t in kw_values
+        ]
+        kw_grad_inputs = [t for t in kw_leaves if isinstance(t, Tensor) and t.requires_grad]
+        kwargs = dict(zip(ctx.names, kw_leaves))
+        kw_grads = [None] * len(kw_grad_inputs)
+        param_grads: list[Tensor | None] = [None] * len(ctx.param_index)
+
+        streams = [y1, y2]
+        grads = [dy1 if dy1 is not None else torch.zeros_like(y1), dy2 if dy2 is not None else torch.zeros_like(y2)]
+        for i in reversed(range(len(ctx.branches))):
+            branch = ctx.branches[i]
+            out_s, in_s = i % 2, 1 - i % 2  # the branch read stream in_s and added to stream out_s
+            params = [p for p in branch.parameters() if id(p) in ctx.param_index]
+            x = streams[in_s].detach().requires_grad_()
+            with ctx.states[i].replay(), torch.enable_grad():
+                chunks = getattr(branch, "chunks", 1)
+                if chunks > 1 and hasattr(branch, "forward_chunk"):
+                    # Position-wise: recompute and differentiate one slice at a time.
+                    pieces, dx_parts = [], []
+                    for xs, gs in zip(x.detach().chunk(chunks, dim=-2), grads[out_s].chunk(chunks, dim=-2)):
+                        xs = xs.requires_grad_()
+                        fx = branch.forward_chunk(xs)
+                        g = torch.autograd.grad(fx, [xs, *params], gs, allow_unused=True)
+                        pieces.append(fx.detach())
+                        dx_parts.append(g[0])
+                        _accumulate(param_grads, ctx.param_index, params, g[1:])
+                    fx = torch.cat(pieces, dim=-2)
+                    dx = torch.cat(dx_parts, dim=-2)
+                else:
+                    fx = branch(x, **kwargs)
+                    g = torch.autograd.grad(fx, [x, *params, *kw_grad_inputs], grads[out_s], allow_unused=True)
+                    dx = g[0]
+                    _accumulate(param_grads, ctx.param_index, params, g[1 : 1 + len(params)])
+                    for j, gk in enumerate(g[1 + len(params) :]):
+                        if gk is not None:
+                            kw_grads[j] = gk if kw_grads[j] is None else kw_grads[j] + gk
+                    fx = fx.detach()
+            streams[out_s] = streams[out_s] - fx  # rebuild the branch's input stream
+            if dx is not None:
+                grads[in_s] = grads[in_s] + dx
+            del x, fx
+
+        kw_grad_iter = iter(kw_grads)
+        kw_out = [next(kw_grad_iter) if isinstance(t, Tensor) and t.requires_grad else None for t in kw_leaves]
+        return (grads[0], grads[1], None, None, None, *kw_out, *param_grads)
+
+
+def _accumulate(store: list, index: dict, params: list, grads) -> None:
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        j = index[id(p)]
+        store[j] = g if store[j] is None else store[j] + g
