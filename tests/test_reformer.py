@@ -1,0 +1,149 @@
+"""ReformerLM and the encoder-decoder Reformer."""
+
+import pytest
+import torch
+
+from attnkit.models import Reformer, ReformerConfig, ReformerLM
+
+
+def _config(**overrides):
+    values = dict(vocab_size=37, d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=128, bucket_size=8, n_hashes=2)
+    return ReformerConfig(**{**values, **overrides})
+
+
+def test_config_validation_and_round_trip(tmp_path):
+    c = _config(attn_layers=["lsh", "full"], axial_shape=[8, 16])
+    assert c.attn_layers == ("lsh", "full") and c.axial_shape == (8, 16)
+    assert [c.attention_kind(i) for i in range(3)] == ["lsh", "full", "lsh"]
+    c.save(tmp_path / "c.json")
+    assert ReformerConfig.load(tmp_path / "c.json") == c
+    with pytest.raises(ValueError, match="attn_layers"):
+        _config(attn_layers=("lsh", "local"))
+    with pytest.raises(ValueError, match="axial_shape"):
+        _config(axial_shape=(4, 4))
+    with pytest.raises(ValueError, match="n_buckets"):
+        _config(n_buckets=5)
+    with pytest.raises(ValueError, match="ff_chunks"):
+        _config(ff_chunks=0)
+    with pytest.raises(ValueError, match="divisible"):
+        _config(d_model=15)
+    with pytest.raises(ValueError, match="positional"):
+        _config(positional="rotary")
+    with pytest.raises(ValueError, match="did you mean"):
+        ReformerConfig.from_dict({"n_hash": 2})
+
+
+@pytest.mark.parametrize("attn_layers", [("lsh",), ("lsh", "full"), ("full",)])
+@pytest.mark.parametrize("positional", ["axial", "learned", "sinusoidal", "none"])
+def test_lm_forward_and_loss(attn_layers, positional):
+    torch.manual_seed(0)
+    model = ReformerLM(_config(attn_layers=attn_layers, positional=positional, ff_chunks=2, loss_chunks=3))
+    tokens = torch.randint(0, 37, (2, 53))
+    logits = model(tokens)
+    assert logits.shape == (2, 53, 37) and torch.isfinite(logits).all()
+    loss = model.loss(tokens)
+    assert 2.0 < loss.item() < 6.0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    expected = torch.nn.functional.cross_entropy(model(tokens)[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+    model.eval()
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(tokens)[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        torch.testing.assert_close(model.loss(tokens), expected)
+
+
+def test_lm_reversible_equals_plain_float64():
+    torch.manual_seed(0)
+    a = ReformerLM(_config(attn_layers=("lsh", "full"), ff_chunks=2, dropout=0.1, attn_dropout=0.1)).double()
+    b = ReformerLM(_config(attn_layers=("lsh", "full"), ff_chunks=2, dropout=0.1, attn_dropout=0.1, reversible=False)).double()
+    b.load_state_dict(a.state_dict())
+    tokens = torch.randint(0, 37, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[0, 33:] = False
+    for m in (a, b):
+        torch.manual_seed(3)
+        m.loss(tokens, mask).backward()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_lm_padding_content_does_not_matter():
+    torch.manual_seed(0)
+    model = ReformerLM(_config(attn_layers=("lsh", "full"))).eval()
+    tokens = torch.randint(0, 37, (1, 60))
+    mask = torch.ones(1, 60, dtype=torch.bool)
+    mask[:, 45:] = False
+    other = tokens.clone()
+    other[:, 45:] = (other[:, 45:] + 5) % 37
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, mask)[:, :45], model(other, mask)[:, :45])
+
+
+def test_full_attention_lm_is_causal():
+    torch.manual_seed(0)
+    model = ReformerLM(_config(attn_layers=("full",))).eval()
+    tokens = torch.randint(0, 37, (1, 30))
+    other = tokens.clone()
+    other[:, 20:] = (other[:, 20:] + 1) % 37
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens)[:, :20], model(other)[:, :20])
+
+
+def test_lsh_lm_has_no_gradient_from_the_future():
+    torch.manual_seed(0)
+    model = ReformerLM(_config())
+    x = model.embed(torch.randint(0, 37, (1, 40))).detach().requires_grad_()
+    y = model.layers(x)
+    (g,) = torch.autograd.grad(y[:, 17].sum(), x)
+    assert torch.all(g[:, 18:] == 0) and g[:, :18].abs().sum() > 0
+
+
+def test_lm_errors_and_generate():
+    model = ReformerLM(_config())
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[1, 40]]))
+    with pytest.raises(TypeError, match="integer"):
+        model(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+    with pytest.raises(ValueError, match="mask"):
+        model(torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
+    out = model.eval().generate(torch.tensor([[1, 2, 3]]), 5)
+    assert out.shape == (1, 8) and torch.equal(out[:, :3], torch.tensor([[1, 2, 3]]))
+
+
+def test_encoder_decoder():
+    torch.manual_seed(0)
+    model = Reformer(_config(src_vocab_size=23, n_decoder_layers=3, pad_id=0, ff_chunks=2))
+    src = torch.randint(1, 23, (2, 45))
+    src[1, 40:] = 0
+    tgt = torch.randint(1, 37, (2, 19))
+    logits = model(src, tgt)
+    assert logits.shape == (2, 19, 37) and torch.isfinite(logits).all()
+    logits.logsumexp(-1).sum().backward()
+    assert model.src_embed.token.weight.grad is not None  # through the decoder's encoder/decoder attention
+    assert all(p.grad is not None for n, p in model.named_parameters() if "encoder" in n)
+    # Padding in the source is invisible to the target.
+    model.eval()
+    src2 = src.clone()
+    with torch.no_grad():
+        a = model(src, tgt)
+        src2[1, 40:] = 0
+        torch.testing.assert_close(model(src2, tgt), a)
+    with pytest.raises(ValueError, match="src"):
+        model(torch.full((1, 4), 30), tgt[:1])
+    with pytest.raises(ValueError, match="batch"):
+        model(src, tgt[:1])
+
+
+def test_encoder_decoder_reversible_equals_plain():
+    torch.manual_seed(0)
+    a = Reformer(_config(src_vocab_size=23)).double()
+    b = Reformer(_config(src_vocab_size=23, reversible=False)).double()
+    b.load_state_dict(a.state_dict())
+    src, tgt = torch.randint(0, 23, (2, 30)), torch.randint(0, 37, (2, 12))
+    for m in (a, b):
+        torch.manual_seed(1)
+        m(src, tgt).logsumexp(-1).sum().backward()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
