@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from attnkit.data import (
-    BPETokenizer, CharTokenizer, Pair, kjv_splits, load_kjv, load_pairs, load_tokenizer, pad_sequences,
-    parse_line, parse_lines, random_windows, split_of, split_pairs, token_batches,
+    BPETokenizer, ByteTokenizer, CharTokenizer, Pair, kjv_splits, load_kjv, load_pairs, load_tokenizer, pad_sequences,
+    parse_line, parse_lines, random_windows, references_by_source, split_of, split_pairs, token_batches,
 )
 from attnkit.data import kjv, translation
 
@@ -159,6 +159,25 @@ def test_bpe_round_trip_specials_and_save(tmp_path):
     tok.save(tmp_path / "tokenizer.json")
     again = load_tokenizer(tmp_path / "tokenizer.json")
     assert isinstance(again, BPETokenizer) and again.encode("möglich") == tok.encode("möglich")
+
+
+def test_byte_tokenizer(tmp_path):
+    tok = ByteTokenizer()
+    text = "Größe € ok"
+    ids = tok.encode(text, bos=True, eos=True)
+    assert ids[0] == tok.bos_id == 1 and ids[-1] == tok.eos_id == 2 and max(ids) < tok.vocab_size == 259
+    assert tok.decode(ids) == text
+    assert tok.decode(ids, skip_special=False) == f"<bos>{text}<eos>"
+    assert tok.decode(tok.encode("ü")[:1]) == "\ufffd"  # half a character
+    tok.save(tmp_path / "t.json")
+    assert isinstance(load_tokenizer(tmp_path / "t.json"), ByteTokenizer)
+
+
+def test_references_by_source():
+    pairs = [Pair("Ja, das ist so.", "Yes, it is."), Pair("Nein, nie mehr.", "No, never."),
+             Pair("Ja, das ist so.", "Yes, that is so.")]
+    assert references_by_source(pairs) == {"Ja, das ist so.": ["Yes, it is.", "Yes, that is so."],
+                                           "Nein, nie mehr.": ["No, never."]}
 
 
 def test_load_tokenizer_rejects_other_json(tmp_path):

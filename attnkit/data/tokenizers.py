@@ -1,4 +1,4 @@
-"""Tokenizers: characters (for the KJV language model) and byte-level BPE (for translation).
+"""Tokenizers: characters (for the KJV language model), raw UTF-8 bytes, and byte-level BPE (for translation).
 
 Both save to and load from one JSON file, so a checkpoint folder can hold the tokenizer beside the
 weights; :func:`load_tokenizer` reads either kind back.
@@ -95,6 +95,51 @@ class CharTokenizer:
         return cls(values["chars"], values.get("unk_text", "\ufffd"))
 
 
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: no training, nothing unknown. ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2,
+    byte ``b`` is id ``b + 3``, so ``vocab_size`` is 259 (the same special ids as :class:`BPETokenizer`)."""
+
+    pad_id, bos_id, eos_id = 0, 1, 2
+    offset = 3
+    vocab_size = 256 + offset
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = [b + self.offset for b in text.encode("utf-8")]
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
+        return [self.encode(t, bos, eos) for t in texts]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """ids -> text (special ids dropped, or shown as <pad>/<bos>/<eos>); invalid UTF-8 becomes U+FFFD."""
+        out, pending = [], bytearray()
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"id {i} is outside the vocabulary [0, {self.vocab_size})")
+            if i >= self.offset:
+                pending.append(i - self.offset)
+            elif not skip_special:
+                out.append(pending.decode("utf-8", errors="replace"))
+                out.append((PAD, BOS, EOS)[i])
+                pending = bytearray()
+        out.append(pending.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def decode_batch(self, batch: Iterable[Iterable[int]], skip_special: bool = True) -> list[str]:
+        return [self.decode(ids, skip_special) for ids in batch]
+
+    def save(self, path: str | Path) -> None:
+        _atomic_write(Path(path), json.dumps({"type": "ByteTokenizer"}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ByteTokenizer":
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+        if values.get("type") != "ByteTokenizer":
+            raise ValueError(f"{path} does not hold a ByteTokenizer (type={values.get('type')!r})")
+        return cls()
+
+
 def _hf_tokenizers():
     try:
         import tokenizers
@@ -164,11 +209,13 @@ class BPETokenizer:
         return cls(_hf_tokenizers().Tokenizer.from_file(str(path)))
 
 
-def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
-    """Load whichever tokenizer ``path`` holds (a CharTokenizer or a BPETokenizer JSON file)."""
+def load_tokenizer(path: str | Path) -> CharTokenizer | ByteTokenizer | BPETokenizer:
+    """Load whichever tokenizer ``path`` holds (CharTokenizer, ByteTokenizer or BPETokenizer JSON)."""
     values = json.loads(Path(path).read_text(encoding="utf-8"))
     if values.get("type") == "CharTokenizer":
         return CharTokenizer.load(path)
+    if values.get("type") == "ByteTokenizer":
+        return ByteTokenizer.load(path)
     if "model" in values:
         return BPETokenizer.load(path)
-    raise ValueError(f"{path} holds neither a CharTokenizer nor a Hugging Face tokenizer")
+    raise ValueError(f"{path} holds neither a CharTokenizer, a ByteTokenizer nor a Hugging Face tokenizer")
