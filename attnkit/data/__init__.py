@@ -11,13 +11,15 @@
 
 from .batching import pad_sequences, random_windows, token_batches
 from .kjv import VALIDATION_BOOKS, load_kjv, kjv_splits
-from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, load_tokenizer
+from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, SubwordTokenizer, gpt2_tokenizer, load_tokenizer
 from .translation import (
     Pair, load_de_en, load_pairs, parse_line, parse_lines, references_by_source, split_of, split_pairs,
 )
 
 __all__ = [
     "BPETokenizer",
+    "SubwordTokenizer",
+    "gpt2_tokenizer",
     "ByteTokenizer",
     "CharTokenizer",
     "Pair",

