@@ -7,8 +7,8 @@
 
 Trains a causal TransformerLM on every book but the held-out ones (attnkit.data.kjv.VALIDATION_BOOKS:
 Joshua and Romans), then prints bits per character on the held-out books and a passage sampled from
-a prompt. The checkpoint (model.safetensors, config.json, tokenizer.json, metrics.json) goes to
---out (default runs/kjv-lm).
+a prompt. The run folder --out (default runs/kjv-lm) gets an atomic checkpoint step-N/ (safetensors
+weights, JSON config, manifest), tokenizer.json and metrics.json; `attnkit generate runs/kjv-lm` reads it.
 
 Needs the Debian package sword-text-kjv and PyPI pysword the first time (the text is then cached
 under ~/.cache/attnkit).
@@ -24,9 +24,7 @@ import os
 # On a shared machine an OpenMP thread that spins while waiting for a descheduled sibling wastes its
 # core: passive waiting made 2-thread training 3x faster under load (and costs nothing when idle).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from attnkit.data import CharTokenizer, kjv_splits, random_windows  # noqa: E402
 from attnkit.data.kjv import VALIDATION_BOOKS  # noqa: E402
+from attnkit.evaluation import bits_per_token  # noqa: E402
 from attnkit.models import TransformerLM, TransformerLMConfig  # noqa: E402
+from attnkit.recipes import load_model  # noqa: E402
+from attnkit.train.checkpoint import save_checkpoint, write_json_atomic  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -77,38 +78,6 @@ def lr_factor(step: int, progress: float, warmup: int, min_ratio: float) -> floa
 
 
 @torch.no_grad()
-def bits_per_char(model: TransformerLM, ids: torch.Tensor, context: int, batch_size: int = 16) -> float:
-    """Mean -log2 p(char | preceding chars) over ``ids[1:]``.
-
-    Windows of ``context`` characters overlap by half: each window scores only the characters the
-    previous one did not, so every scored character (after the first window) sees at least
-    context / 2 characters before it.
-    """
-    model.eval()
-    n_targets = ids.numel() - 1
-    context = min(context, n_targets)
-    stride = max(1, context // 2)
-    starts = list(range(0, n_targets - context + 1, stride))
-    if starts[-1] + context < n_targets:
-        starts.append(n_targets - context)
-    windows, covered = [], 0
-    for s in starts:
-        windows.append((s, covered - s if covered > s else 0))
-        covered = s + context
-    total, count = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        idx = torch.tensor([s for s, _ in chunk])[:, None] + torch.arange(context + 1)  # (B, context + 1)
-        window = ids[idx]
-        logits = model(window[:, :-1])  # (B, context, V)
-        nll = F.cross_entropy(logits.transpose(1, 2), window[:, 1:], reduction="none")  # (B, context)
-        keep = torch.arange(context)[None, :] >= torch.tensor([skip for _, skip in chunk])[:, None]
-        total += float(nll[keep].sum())
-        count += int(keep.sum())
-    return total / count / math.log(2)
-
-
-@torch.no_grad()
 def sample(model: TransformerLM, prompt: list[int], n: int, temperature: float, generator) -> list[int]:
     """Sample ``n`` tokens after ``prompt``, beyond the model's max_len too: when the window is full,
     restart the KV cache from the last half of the context."""
@@ -124,39 +93,14 @@ def sample(model: TransformerLM, prompt: list[int], n: int, temperature: float, 
     return ids
 
 
-def save_checkpoint(folder: Path, model, tokenizer, metrics: dict) -> None:
-    """Write weights, config, tokenizer and metrics into a fresh folder, then swap it into place, so
-    ``folder`` is always either the old checkpoint or the complete new one."""
-    from safetensors.torch import save_model
-
+def save_run(folder: Path, model, tokenizer, steps: int, metrics: dict) -> Path:
+    """An attnkit run folder: an atomic, verified checkpoint ``step-N/`` (safetensors weights + JSON
+    config), ``tokenizer.json`` and ``metrics.json``; ``attnkit generate FOLDER`` reads it too."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/output weight
-        model.config.save(tmp / "config.json")
-        tokenizer.save(tmp / "tokenizer.json")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def load_checkpoint(folder: Path):
-    from safetensors.torch import load_model
-
-    folder = Path(folder)
-    config = TransformerLMConfig.load(folder / "config.json")
-    model = TransformerLM(config)
-    load_model(model, str(folder / "model.safetensors"))
-    return model, CharTokenizer.load(folder / "tokenizer.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(folder / "tokenizer.json")
+    write_json_atomic(folder / "metrics.json", metrics)
+    return save_checkpoint(folder, steps, model.state_dict(), model.config, keep=1)
 
 
 def train(args, model, train_ids) -> dict:
@@ -212,8 +156,9 @@ def main(argv=None):
     train_text, valid_text = kjv_splits(progress=True)
 
     if args.load:
-        model, tok = load_checkpoint(Path(args.load))
-        metrics = json.loads((Path(args.load) / "metrics.json").read_text())
+        model, tok = load_model(args.load)
+        metrics_file = Path(args.load) / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     else:
         tok = CharTokenizer.train(train_text)
         config = TransformerLMConfig(
@@ -232,7 +177,7 @@ def main(argv=None):
 
     valid_ids = torch.tensor(tok.encode(valid_text[: args.eval_chars] if args.eval_chars else valid_text))
     t = time.perf_counter()
-    bpc = bits_per_char(model, valid_ids, model.config.max_len)
+    bpc = bits_per_token(model, valid_ids, model.config.max_len)  # windows overlap by half a context
     metrics["valid_bpc"] = round(bpc, 4)
     print(f"\nheld-out bits per character ({', '.join(VALIDATION_BOOKS)}, {valid_ids.numel():,} chars): "
           f"{bpc:.3f}  [{time.perf_counter() - t:.0f}s]")
@@ -242,8 +187,9 @@ def main(argv=None):
     print(f"\nsample (temperature {args.temperature}):\n\n{tok.decode(ids)}\n")
 
     if not args.load:
-        save_checkpoint(Path(args.out), model, tok, metrics)
-        print(f"checkpoint saved to {args.out}/ (model.safetensors, config.json, tokenizer.json, metrics.json)")
+        ckpt = save_run(Path(args.out), model, tok, metrics["steps"], metrics)
+        print(f"checkpoint saved: {ckpt} (+ tokenizer.json, metrics.json in {args.out}); sample it again with\n"
+              f"  python examples/train_kjv_lm.py --load {args.out} --prompt \"In the beginning\"")
     return metrics
 
 

@@ -13,21 +13,19 @@ Models: the encoder-decoder Transformer (pre-norm, shared embeddings) and the RN
 bidirectional GRU encoder and a GRU decoder with additive attention). Each trains for --minutes of
 wall clock (or --steps) with AdamW, warm-up + cosine decay, label smoothing, gradient clipping and
 length-bucketed batches; the weights with the lowest validation loss are kept. Then the script
-prints sacreBLEU and chrF on the TEST pairs (never trained on, never used for choices) and a few
-translations, and saves each model under --out/<model>/ (safetensors, config, tokenizer, metrics).
+prints sacreBLEU and chrF on the TEST pairs (never trained on, never used for choices; each distinct
+German sentence is translated once and scored against all its translations) and a few translations,
+and saves each model as an attnkit run folder --out/<model>/ (atomic checkpoint step-N/ with
+safetensors weights and JSON config, tokenizer.json, metrics.json), which `attnkit translate` reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import inspect
-import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +38,10 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from attnkit.data import BPETokenizer, load_de_en, pad_sequences, token_batches  # noqa: E402
+from attnkit.data import BPETokenizer, load_de_en, pad_sequences, references_by_source, token_batches  # noqa: E402
+from attnkit.evaluation import bleu_chrf, translate  # noqa: E402
 from attnkit.models import RNNSeq2Seq, RNNSeq2SeqConfig, Transformer, TransformerConfig  # noqa: E402
+from attnkit.train.checkpoint import save_checkpoint, write_json_atomic  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -81,8 +81,9 @@ def parse_args(argv=None):
 # --- data -------------------------------------------------------------------------------------
 
 def encode_pairs(tok: BPETokenizer, pairs) -> list[tuple[list[int], list[int]]]:
-    """(source ids + <eos>, <bos> + target ids + <eos>) for each pair."""
-    src = tok.encode_batch([p.de for p in pairs], eos=True)
+    """(source ids, <bos> + target ids + <eos>) for each pair (the source has no specials, as in
+    attnkit.train.Seq2SeqTask and attnkit.evaluation.translate)."""
+    src = tok.encode_batch([p.de for p in pairs])
     tgt = tok.encode_batch([p.en for p in pairs], bos=True, eos=True)
     return list(zip(src, tgt))
 
@@ -112,40 +113,6 @@ def validation_loss(model, examples, pad_id, max_tokens) -> float:
         count += int((tgt[:, 1:] != pad_id).sum())
     model.train()
     return total / count
-
-
-@torch.no_grad()
-def translate(model, tok: BPETokenizer, sentences: list[str], beam: int = 1, batch_size: int = 64) -> list[str]:
-    """German sentences -> English, in the given order (batched by length, greedy or beam search)."""
-    model.eval()
-    src_ids = tok.encode_batch(sentences, eos=True)
-    order = sorted(range(len(sentences)), key=lambda i: len(src_ids[i]))
-    out = [""] * len(sentences)
-    kwargs = {}
-    if beam > 1:
-        if "beam_size" not in inspect.signature(model.generate).parameters:
-            print("this attnkit has no beam search in generate(): decoding greedily", flush=True)
-        else:
-            kwargs["beam_size"] = beam
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        src = pad_sequences([src_ids[j] for j in idx], tok.pad_id)
-        max_new = min(model.config.max_len - 1, int(src.shape[1] * 1.5) + 10)
-        hyp = model.generate(src, max_new, bos_id=tok.bos_id, eos_id=tok.eos_id, **kwargs)
-        for j, row in zip(idx, hyp.tolist()):
-            row = row[1:]
-            if tok.eos_id in row:
-                row = row[: row.index(tok.eos_id)]
-            out[j] = tok.decode(row).strip()
-    return out
-
-
-def score(hypotheses: list[str], references: list[str]) -> dict:
-    import sacrebleu
-
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references])
-    chrf = sacrebleu.corpus_chrf(hypotheses, [references])
-    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2), "bleu_signature": str(bleu)}
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -241,28 +208,24 @@ def train(kind, model, args, train_ex, valid_ex, pad_id) -> dict:
             "best_valid_loss": round(best["valid_loss"], 4), "best_step": best["step"]}
 
 
-def save_checkpoint(folder: Path, model, tokenizer, metrics: dict) -> None:
-    """Weights, config, tokenizer, metrics into a fresh folder, swapped into place at the end."""
-    from safetensors.torch import save_model
-
+def save_run(folder: Path, model, tokenizer, steps: int, metrics: dict) -> Path:
+    """An attnkit run folder: an atomic, verified checkpoint ``step-N/`` (safetensors weights + JSON
+    config), ``tokenizer.json`` and ``metrics.json``; ``attnkit translate FOLDER`` reads it too."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        save_model(model, str(tmp / "model.safetensors"))  # handles the shared embedding matrices
-        model.config.save(tmp / "config.json")
-        tokenizer.save(tmp / "tokenizer.json")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(folder / "tokenizer.json")
+    write_json_atomic(folder / "metrics.json", metrics)
+    return save_checkpoint(folder, steps, model.state_dict(), model.config, keep=1)
+
+
+def evaluate(model, tok, pairs, beam: int) -> tuple[dict, list[str], dict[str, list[str]]]:
+    """Translate each distinct German sentence once and score it against all its translations
+    (sacreBLEU BLEU and chrF, the same as ``attnkit eval``)."""
+    refs = references_by_source(pairs)
+    sources = list(refs)
+    hyps = translate(model, tok, sources, beam_size=beam)
+    scores = {k: round(v, 2) for k, v in bleu_chrf(hyps, [refs[s] for s in sources]).items()}
+    return scores, hyps, refs
 
 
 def main(argv=None):
@@ -288,17 +251,16 @@ def main(argv=None):
         print(f"\n{kind}: {n_params / 1e6:.2f}M parameters, {torch.get_num_threads()} threads", flush=True)
         metrics = train(kind, model, args, train_ex, valid_ex, tok.pad_id)
         t = time.perf_counter()
-        valid_hyp = translate(model, tok, [p.de for p in valid_pairs], beam=1)
-        valid = score(valid_hyp, [p.en for p in valid_pairs])
-        hyp = translate(model, tok, [p.de for p in test_pairs], beam=args.beam)
-        test = score(hyp, [p.en for p in test_pairs])
-        metrics.update(params=n_params, valid_greedy=valid, test=test, beam=args.beam,
+        valid, _, _ = evaluate(model, tok, valid_pairs, beam=1)
+        test, hyps, refs = evaluate(model, tok, test_pairs, beam=args.beam)
+        metrics.update(params=n_params, valid_greedy=valid, test=test, beam=args.beam, test_sentences=len(refs),
                        decode_seconds=round(time.perf_counter() - t, 1), args=vars(args))
         print(f"{kind}: validation (greedy) BLEU {valid['bleu']:.2f} chrF {valid['chrf']:.2f} | "
-              f"TEST (beam {args.beam}) BLEU {test['bleu']:.2f} chrF {test['chrf']:.2f}  [{test['bleu_signature']}]")
-        for pair, h in list(zip(test_pairs, hyp))[: args.show]:
-            print(f"  DE  {pair.de}\n  REF {pair.en}\n  HYP {h}\n")
-        save_checkpoint(Path(args.out) / kind, model, tok, metrics)
+              f"TEST ({len(refs)} sentences, beam {args.beam}) BLEU {test['bleu']:.2f} chrF {test['chrf']:.2f}")
+        for (src, ref), h in list(zip(refs.items(), hyps))[: args.show]:
+            print(f"  DE  {src}\n  REF {ref[0]}\n  HYP {h}\n")
+        ckpt = save_run(Path(args.out) / kind, model, tok, metrics["steps"], metrics)
+        print(f"saved {ckpt}; try: attnkit translate {Path(args.out) / kind} \"Wo ist der Bahnhof?\"")
         results[kind] = metrics
 
     if len(results) > 1:
