@@ -326,21 +326,21 @@ class _Config:
 
 
 class _Round:
-    """One (batch*head, round) in sorted order.
+    """One (batch*head, round) in sorted order, processed in slices of chunks.
 
-    The keys' buffers have one empty chunk in front, so that the window of chunk c (chunks c - 1 and c)
-    is rows [c * C, c * C + 2C) of the buffer: a strided view, not a copy.
+    Slice [c0, c1) needs the queries of its chunks and, as keys, those chunks plus the one before:
+    rows ``[c0 * C - C, c1 * C)`` of the sorted order, gathered into a small buffer (an empty chunk stands
+    in front of chunk 0), whose windows (chunks c - 1 and c) are strided views rather than copies.
+    Slots ``>= L`` hold the padding up to a whole number of chunks; they sort last.
     """
 
     def __init__(self, cfg: _Config, order: Tensor, code: Tensor, where: Tensor | None, L: int):
         plan = cfg.plan
         C, Lp = plan.chunk, plan.padded_length
-        self.cfg, self.C, self.n_chunks = cfg, C, plan.n_chunks
+        self.cfg, self.C, self.n_chunks, self.L = cfg, C, plan.n_chunks, L
         device = order.device
-        self.src = order.clamp(max=L - 1)  # padding slots read some real row; they are masked
-        inverse = torch.empty_like(order)
-        inverse.scatter_(0, order, torch.arange(Lp, device=device))
-        self.inverse = inverse[:L]  # position -> sorted slot
+        self.order = order
+        self.src = torch.cat([order.new_zeros(C), order.clamp(max=L - 1)])  # (C + Lp,) rows to gather
         valid = code < plan.n_buckets  # (Lp,)
         self.q_code = code
         self.k_code = torch.full((C + Lp,), -1, dtype=code.dtype, device=device)
@@ -354,26 +354,40 @@ class _Round:
             # query i of a chunk may see window keys 0 .. C + i.
             self.forbid = torch.ones(C, 2 * C, dtype=torch.bool, device=device).triu(C + 1)
         if where is not None:
-            self.q_where = where[self.src]  # (Lp, R)
+            self.q_where = where[order.clamp(max=L - 1)]  # (Lp, R)
             self.k_where = torch.full((C + Lp, where.shape[1]), -(2**40), dtype=where.dtype, device=device)
             self.k_where[C:] = self.q_where
 
-    def window(self, buf: Tensor, c0: int, c1: int) -> Tensor:
-        """(c1 - c0, 2C, ...) view of a keys' buffer: chunks c - 1 and c for c in [c0, c1)."""
+    def gather(self, x: Tensor, c0: int, c1: int, out: Tensor) -> Tensor:
+        """Rows of x (L, ...) for the keys of slice [c0, c1) -> ((c1 - c0 + 1) * C, ...); zeros before chunk 0."""
         C = self.C
-        inner = math.prod(buf.shape[1:])
-        return buf.as_strided(
-            (c1 - c0, 2 * C, *buf.shape[1:]), (C * inner, *buf.stride()), buf.storage_offset() + c0 * C * inner
+        rows = out[: (c1 - c0 + 1) * C]
+        torch.index_select(x, 0, self.src[c0 * C : (c1 + 1) * C], out=rows)
+        if c0 == 0:
+            rows[:C] = 0
+        return rows
+
+    def positions(self, lo: int, hi: int) -> Tensor:
+        """Positions of sorted slots [lo, hi), without the padding slots (>= L, always last)."""
+        return self.order[max(lo, 0) : min(hi, self.L)]
+
+    def window(self, rows: Tensor, c0: int = 0, c1: int | None = None) -> Tensor:
+        """(m, 2C, ...) view of key rows laid out as chunks c0 - 1 .. c1 - 1: chunk c's window."""
+        C = self.C
+        m = (rows.shape[0] // C - 1) if c1 is None else c1 - c0
+        inner = math.prod(rows.shape[1:])
+        return rows.as_strided(
+            (m, 2 * C, *rows.shape[1:]), (C * inner, *rows.stride()), rows.storage_offset() + c0 * C * inner
         )
 
     def rows(self, x: Tensor, c0: int, c1: int) -> Tensor:
-        """(c1 - c0, C, ...) view of a queries' tensor: chunks [c0, c1)."""
+        """(c1 - c0, C, ...) view of a per-slot tensor: chunks [c0, c1)."""
         return x[c0 * self.C : c1 * self.C].view(c1 - c0, self.C, *x.shape[1:])
 
-    def scores(self, q_s: Tensor, k_buf: Tensor, c0: int, c1: int) -> Tensor:
+    def scores(self, q_s: Tensor, k_rows: Tensor, c0: int, c1: int) -> Tensor:
         """Scores of chunks [c0, c1) against their windows, -inf where not allowed: (m, C, 2C)."""
         cfg = self.cfg
-        s = torch.bmm(q_s, self.window(k_buf, c0, c1).transpose(1, 2))  # (m, C, 2C)
+        s = torch.bmm(q_s, self.window(k_rows).transpose(1, 2))  # (m, C, 2C)
         forbid = torch.ne(self.rows(self.q_code, c0, c1)[:, :, None], self.window(self.k_code, c0, c1)[:, None, :])
         if cfg.causal and cfg.across:
             forbid |= torch.gt(self.window(self.k_pos, c0, c1)[:, None, :], self.rows(self.q_pos, c0, c1)[:, :, None])
@@ -413,9 +427,13 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _slices(n_chunks: int, C: int):
-    step = max(1, _SLICE_ELEMENTS // (2 * C * C))
+    step = _slice_chunks(C)
     for c0 in range(0, n_chunks, step):
         yield c0, min(c0 + step, n_chunks)
+
+
+def _slice_chunks(C: int) -> int:
+    return max(1, _SLICE_ELEMENTS // (2 * C * C))
 
 
 def _token_major(B: int, H: int, L: int, D: int, **kwargs) -> Tensor:
@@ -428,7 +446,9 @@ class _LSHAttentionFunction(torch.autograd.Function):
 
     Saves the inputs, the sort orders, the output, each token's log-sum-exp over all rounds and its
     log-sum-exp in each round (sorted order); backward recomputes each slice's scores, and the ratio
-    exp(lse_round - lse) turns the within-round softmax into that round's share of the whole.
+    exp(lse_round - lse) turns the within-round softmax into that round's share of the whole. Each slice
+    gathers its own rows and scatters its results back by position, so no sorted copy of a whole
+    sequence is ever made.
     """
 
     @staticmethod
@@ -443,39 +463,45 @@ class _LSHAttentionFunction(torch.autograd.Function):
         out = _token_major(B, H, L, Dv, dtype=cdt, device=device)
         lse = torch.empty(B, H, L, dtype=sdt, device=device)
         lse_rounds = torch.empty(B * H, R, Lp, dtype=sdt, device=device)  # sorted order
-        q_sorted = torch.empty(Lp, D, dtype=cdt, device=device)
-        k_buf = torch.zeros(C + Lp, D, dtype=cdt, device=device)
-        v_buf = torch.zeros(C + Lp, Dv, dtype=cdt, device=device)
-        o_sorted = torch.empty(Lp, Dv, dtype=cdt, device=device)
+        S = min(_slice_chunks(C), plan.n_chunks)
+        q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
+        k_rows = torch.empty_like(q_rows)
+        v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
+        ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
         for n in range(B * H):
             b, h = divmod(n, H)
             q_n = qk[b, h].to(cdt)  # (L, D)
             key_scale = _key_scale(q_n, cfg.scale)  # (L, 1): k = q * key_scale
             v_n = v[b, h].to(cdt)
+            out_n, lse_n = out[b, h], lse[b, h]
+            out_n.zero_()
+            lse_n.fill_(float("-inf"))
             for r in range(R):
                 rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
-                torch.index_select(q_n, 0, rd.src, out=q_sorted)
-                torch.mul(q_sorted, key_scale.index_select(0, rd.src), out=k_buf[C:])
-                torch.index_select(v_n, 0, rd.src, out=v_buf[C:])
                 for c0, c1 in _slices(plan.n_chunks, C):
-                    s = rd.scores(rd.rows(q_sorted, c0, c1), k_buf, c0, c1)  # (m, C, 2C)
-                    m = s.amax(dim=-1)  # (m, C)
-                    empty = m == float("-inf")
-                    p = rd.probabilities(s, empty)
-                    # The largest weight is exp(m - lse), which gives the log-sum-exp.
-                    rd.rows(lse_rounds[n, r], c0, c1).copy_(m - p.amax(dim=-1).log())
+                    m = c1 - c0
+                    qr = rd.gather(q_n, c0, c1, q_rows)  # ((m + 1) C, D): chunks c0 - 1 .. c1 - 1
+                    kr = torch.mul(qr, rd.gather(key_scale, c0, c1, ks_rows), out=k_rows[: (m + 1) * C])
+                    vr = rd.gather(v_n, c0, c1, v_rows)
+                    s = rd.scores(qr[C:].view(m, C, D), kr, c0, c1)  # (m, C, 2C)
+                    mx = s.amax(dim=-1)  # (m, C)
+                    p = rd.probabilities(s, mx == float("-inf"))
+                    # The largest weight is exp(max - lse), which gives the log-sum-exp.
+                    lse_s = rd.rows(lse_rounds[n, r], c0, c1)
+                    torch.sub(mx, p.amax(dim=-1).log_(), out=lse_s)
                     if cfg.dropout_p > 0.0:
                         p = rd.dropout(p, n, r, c0)
-                    torch.bmm(p, rd.window(v_buf, c0, c1), out=rd.rows(o_sorted, c0, c1))
-                lse_r = lse_rounds[n, r].index_select(0, rd.inverse)  # (L,), by position
-                if r == 0:
-                    out[b, h] = o_sorted.index_select(0, rd.inverse)
-                    lse[b, h] = lse_r
-                else:
-                    _merge(out[b, h], lse[b, h], o_sorted.index_select(0, rd.inverse), lse_r)
-            lonely = valid[b, h] & (lse[b, h] == float("-inf"))  # met no other token: attends to itself
+                    o = torch.bmm(p, rd.window(vr)).view(m * C, Dv)  # (m C, Dv), sorted
+                    pos = rd.positions(c0 * C, c1 * C)
+                    if pos.numel():
+                        o, lse_s = o[: pos.numel()], lse_s.view(-1)[: pos.numel()]
+                        if r > 0:
+                            o, lse_s = _merge(out_n.index_select(0, pos), lse_n.index_select(0, pos), o, lse_s)
+                        out_n.index_copy_(0, pos, o)
+                        lse_n.index_copy_(0, pos, lse_s)
+            lonely = valid[b, h] & (lse_n == float("-inf"))  # met no other token: attends to itself
             if lonely.any():
-                out[b, h] = torch.where(lonely[:, None], v_n, out[b, h])
+                out_n.copy_(torch.where(lonely[:, None], v_n, out_n))
         ctx.save_for_backward(qk, v, order, code, where, valid, out, lse, lse_rounds)
         ctx.cfg = cfg
         return out.to(v.dtype)
@@ -487,7 +513,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         B, H, L, D = qk.shape
         Dv = v.shape[-1]
         plan = cfg.plan
-        C, Lp, R = plan.chunk, plan.padded_length, order.shape[1]
+        C, R = plan.chunk, order.shape[1]
         cdt = out.dtype
         device = qk.device
         # A token that met no other token has lse = -inf: it passed its own value through.
@@ -497,15 +523,16 @@ class _LSHAttentionFunction(torch.autograd.Function):
         grad_out = grad_out.to(cdt)
         dq = _token_major(B, H, L, D, dtype=cdt, device=device)
         dv = _token_major(B, H, L, Dv, dtype=cdt, device=device)
-        q_sorted = torch.empty(Lp, D, dtype=cdt, device=device)
-        k_buf = torch.zeros(C + Lp, D, dtype=cdt, device=device)
-        v_buf = torch.zeros(C + Lp, Dv, dtype=cdt, device=device)
-        do_sorted = torch.empty(Lp, Dv, dtype=cdt, device=device)
-        dq_sorted = torch.empty(Lp, D, dtype=cdt, device=device)
-        dk_buf = torch.empty(C + Lp, D, dtype=cdt, device=device)
-        dv_buf = torch.empty(C + Lp, Dv, dtype=cdt, device=device)
-        dk_chunks = dk_buf.view(plan.n_chunks + 1, C, D)
-        dv_chunks = dv_buf.view(plan.n_chunks + 1, C, Dv)
+        S = min(_slice_chunks(C), plan.n_chunks)
+        q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
+        k_rows = torch.empty_like(q_rows)
+        v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
+        ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
+        dk_rows = torch.empty_like(q_rows)
+        dv_rows = torch.empty_like(v_rows)
+        dq_acc = torch.empty(L, D, dtype=cdt, device=device)  # contiguous accumulators for one head
+        dk_acc = torch.empty(L, D, dtype=cdt, device=device)  # w.r.t. the scaled unit keys
+        dv_acc = torch.empty(L, Dv, dtype=cdt, device=device)
         for n in range(B * H):
             b, h = divmod(n, H)
             q_n = qk[b, h].to(cdt)
@@ -513,53 +540,63 @@ class _LSHAttentionFunction(torch.autograd.Function):
             v_n = v[b, h].to(cdt)
             do_n = grad_out[b, h]  # (L, Dv)
             delta_n = (do_n * out[b, h]).sum(-1).to(lse.dtype)  # D_i = dO_i . O_i
-            dq_n, dv_n = dq[b, h], dv[b, h]
-            dq_n.zero_()
-            dv_n.zero_()
-            if lonely[b, h].any():
-                dv_n.copy_(torch.where(lonely[b, h, :, None], do_n, 0.0))
-            dk_n = torch.zeros(L, D, dtype=cdt, device=device)  # w.r.t. the scaled unit keys
+            lse_n = lse[b, h]
+            dq_acc.zero_()
+            dk_acc.zero_()
+            dv_acc.zero_()
             for r in range(R):
                 rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
-                torch.index_select(q_n, 0, rd.src, out=q_sorted)
-                torch.mul(q_sorted, key_scale.index_select(0, rd.src), out=k_buf[C:])
-                torch.index_select(v_n, 0, rd.src, out=v_buf[C:])
-                torch.index_select(do_n, 0, rd.src, out=do_sorted)
-                # This round's share of each token's softmax; dO and D scaled by it (zero for empty rows).
                 lse_r = lse_rounds[n, r]  # (Lp,)
-                share = (lse_r - lse[b, h].index_select(0, rd.src)).exp()  # (Lp,)
-                do_sorted.mul_(share[:, None].to(cdt))
-                delta_sorted = delta_n.index_select(0, rd.src) * share
-                dk_chunks[0].zero_()
-                dv_chunks[0].zero_()
                 for c0, c1 in _slices(plan.n_chunks, C):
-                    q_s = rd.rows(q_sorted, c0, c1)  # (m, C, D)
-                    do_s = rd.rows(do_sorted, c0, c1)  # (m, C, Dv)
-                    s = rd.scores(q_s, k_buf, c0, c1)
-                    p = rd.probabilities(s, rd.rows(lse_r, c0, c1) == float("-inf"))  # (m, C, 2C)
-                    dp = torch.bmm(do_s, rd.window(v_buf, c0, c1).transpose(1, 2))  # (m, C, 2C)
+                    m = c1 - c0
+                    qr = rd.gather(q_n, c0, c1, q_rows)
+                    kr = torch.mul(qr, rd.gather(key_scale, c0, c1, ks_rows), out=k_rows[: (m + 1) * C])
+                    vr = rd.gather(v_n, c0, c1, v_rows)
+                    q_s = qr[C:].view(m, C, D)
+                    src = rd.src[(c0 + 1) * C : (c1 + 1) * C]  # the slice's query rows
+                    # This round's share of each token's softmax; dO and D scaled by it (zero for empty rows).
+                    lse_rs = lse_r[c0 * C : c1 * C]
+                    share = (lse_rs - lse_n.index_select(0, src)).exp_()  # (m C,)
+                    do_s = do_n.index_select(0, src).mul_(share[:, None].to(cdt)).view(m, C, Dv)
+                    delta_s = delta_n.index_select(0, src).mul_(share).view(m, C, 1)
+                    s = rd.scores(q_s, kr, c0, c1)
+                    p = rd.probabilities(s, lse_rs.view(m, C) == float("-inf"))  # (m, C, 2C)
+                    dp = torch.bmm(do_s, rd.window(vr).transpose(1, 2))  # (m, C, 2C)
                     if cfg.dropout_p > 0.0:
                         p_drop = rd.dropout(p, n, r, c0)
                         dp = rd.dropout(dp, n, r, c0)
                     else:
                         p_drop = p
-                    dv_w = torch.bmm(p_drop.transpose(1, 2), do_s)  # (m, 2C, Dv)
-                    # Chunk c's keys get its own window's second half and chunk c + 1's first half.
-                    dv_chunks[c0 + 1 : c1 + 1].copy_(dv_w[:, C:])
-                    dv_chunks[c0:c1].add_(dv_w[:, :C])
-                    ds = dp.sub_(rd.rows(delta_sorted, c0, c1)[:, :, None]).mul_(p)  # dS = P (dP - D)
-                    torch.bmm(ds, rd.window(k_buf, c0, c1), out=rd.rows(dq_sorted, c0, c1))
-                    dk_w = torch.bmm(ds.transpose(1, 2), q_s)  # (m, 2C, D)
-                    dk_chunks[c0 + 1 : c1 + 1].copy_(dk_w[:, C:])
-                    dk_chunks[c0:c1].add_(dk_w[:, :C])
-                dq_n.add_(dq_sorted.index_select(0, rd.inverse))
-                dk_n.add_(dk_buf[C:].index_select(0, rd.inverse))
-                dv_n.add_(dv_buf[C:].index_select(0, rd.inverse))
+                    ds = dp.sub_(delta_s).mul_(p)  # dS = P (dP - D)
+                    dq_s = torch.bmm(ds, rd.window(kr)).view(m * C, D)
+                    # Window chunk w of the slice holds keys of chunk c0 - 1 + w: it gets the second half
+                    # of window w - 1 and the first half of window w.
+                    _fold(torch.bmm(p_drop.transpose(1, 2), do_s), dv_rows, m, C)  # dV = P^T dO
+                    _fold(torch.bmm(ds.transpose(1, 2), q_s), dk_rows, m, C)  # dK = dS^T Q
+                    pos_q = rd.positions(c0 * C, c1 * C)
+                    dq_acc.index_add_(0, pos_q, dq_s[: pos_q.numel()])
+                    lo = max(c0 * C - C, 0)
+                    pos_k = rd.positions(lo, c1 * C)
+                    skip = C if c0 == 0 else 0  # the empty chunk in front of chunk 0
+                    dk_acc.index_add_(0, pos_k, dk_rows[skip : skip + pos_k.numel()])
+                    dv_acc.index_add_(0, pos_k, dv_rows[skip : skip + pos_k.numel()])
             # Through the keys' normalization, k = q * scale / |q|: dq += (dk - u (u . dk)) * scale / |q|
             # with u = q / |q|, i.e. dq += key_scale * (dk - q (q . dk) * key_scale^2 / scale^2).
-            proj = (q_n * dk_n).sum(-1, keepdim=True).mul_(key_scale.square() / cfg.scale**2)
-            dq_n.add_(dk_n.sub_(q_n * proj).mul_(key_scale))
+            proj = (q_n * dk_acc).sum(-1, keepdim=True).mul_(key_scale.square() / cfg.scale**2)
+            dq_acc.add_(dk_acc.sub_(q_n * proj).mul_(key_scale))
+            dq[b, h] = dq_acc
+            if lonely[b, h].any():
+                dv_acc.add_(torch.where(lonely[b, h, :, None], do_n, 0.0))
+            dv[b, h] = dv_acc
         return dq.to(qk.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def _fold(grad_windows: Tensor, rows: Tensor, m: int, C: int) -> None:
+    """Sum (m, 2C, D) per-window key gradients into ((m + 1) C, D) key rows (chunks c0 - 1 .. c1 - 1)."""
+    chunks = rows[: (m + 1) * C].view(m + 1, C, -1)
+    chunks[1:] = grad_windows[:, C:]
+    chunks[0] = 0
+    chunks[:m] += grad_windows[:, :C]
 
 
 def _key_scale(q: Tensor, scale: float) -> Tensor:
@@ -567,14 +604,13 @@ def _key_scale(q: Tensor, scale: float) -> Tensor:
     return scale / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _merge(out: Tensor, lse: Tensor, o_r: Tensor, lse_r: Tensor) -> None:
-    """In place: (out, lse) <- the softmax-weighted combination of (out, lse) and (o_r, lse_r)."""
+def _merge(out: Tensor, lse: Tensor, o_r: Tensor, lse_r: Tensor) -> tuple[Tensor, Tensor]:
+    """The softmax-weighted combination of two partial results (out, lse) and (o_r, lse_r)."""
     new = torch.logaddexp(lse, lse_r)
     safe = new.masked_fill(new == float("-inf"), 0.0)
     w_old = (lse - safe).exp_().unsqueeze(-1)
     w_new = (lse_r - safe).exp_().unsqueeze(-1)
-    out.mul_(w_old.to(out.dtype)).addcmul_(o_r, w_new.to(out.dtype))
-    lse.copy_(new)
+    return out.mul_(w_old.to(out.dtype)).addcmul_(o_r, w_new.to(out.dtype)), new
 
 
 # ----------------------------------------------------------------------------------------------------
