@@ -308,3 +308,43 @@ def test_gpt2_tokenizer_from_the_npm_files():
     assert tok.vocab_size == 50257 and tok.eos_id == 50256
     assert tok.encode("Hello world") == [15496, 995]  # GPT-2's ids for "Hello", " world"
     assert tok.decode(tok.encode(" attention is all you need")) == " attention is all you need"
+
+
+# --- the examples, end to end on real data (slow: `pytest -m slow`) ------------------------------
+
+def _example(name):
+    import importlib.util as util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = util.spec_from_file_location(name, path)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@needs_kjv
+def test_kjv_example_trains_saves_and_reloads(tmp_path):
+    example = _example("train_kjv_lm")
+    tiny = ["--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--context", "32", "--batch-size", "4",
+            "--eval-chars", "2000", "--generate", "40", "--threads", "1"]
+    metrics = example.main(["--steps", "3", "--out", str(tmp_path / "run"), *tiny])
+    assert metrics["steps"] == 3 and 0 < metrics["valid_bpc"] < 8
+    again = example.main(["--load", str(tmp_path / "run"), *tiny])
+    assert again["valid_bpc"] == metrics["valid_bpc"]
+
+
+@pytest.mark.slow
+@needs_de_en
+@needs_tokenizers
+def test_translation_example_runs_both_models(tmp_path):
+    example = _example("train_translation")
+    results = example.main([
+        "--steps", "2", "--test-limit", "8", "--show", "1", "--vocab-size", "400", "--d-model", "32",
+        "--d-ff", "64", "--n-heads", "2", "--n-layers", "1", "--rnn-embed", "16", "--rnn-hidden", "32",
+        "--beam", "2", "--eval-every", "1000", "--threads", "1", "--out", str(tmp_path),
+    ])
+    assert set(results) == {"transformer", "rnn"}
+    for kind, m in results.items():
+        assert m["steps"] == 2 and 0 <= m["test"]["bleu"] <= 100
+        assert (tmp_path / kind / "tokenizer.json").is_file() and (tmp_path / kind / "latest").is_file()
