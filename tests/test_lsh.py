@@ -336,3 +336,22 @@ def test_cuda_matches_cpu():
     cpu = lsh_attention(qk, v, **kw)
     gpu = lsh_attention(qk.cuda(), v.cuda(), **kw)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_head_threads_match_serial(monkeypatch):
+    import attnkit.functional.lsh as lsh
+
+    qk, v = _inputs(B=2, H=3, L=70, grad=True)
+    kw = dict(bucket_size=8, seed=1, causal=True)
+    threads = torch.get_num_threads()
+    results = []
+    for on in (False, True):
+        monkeypatch.setattr(lsh, "_HEAD_THREADS", on)
+        torch.set_num_threads(2)
+        try:
+            out = lsh_attention(qk, v, **kw)
+            results.append((out, *torch.autograd.grad(out.square().sum(), (qk, v))))
+        finally:
+            torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -33,14 +33,19 @@ Tests hold the two equal, values and gradients.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 IMPLS = ("auto", "reference", "chunked")
 FACTORIZE_ABOVE = 128  # more buckets than this are hashed as a product of two smaller rotations
 _SLICE_ELEMENTS = 1 << 19  # scores per slice in the chunked path (2 MiB in fp32)
+# On CPU, spread the heads over worker threads (set ATTNKIT_LSH_HEAD_THREADS=0 to use intra-op threads).
+_HEAD_THREADS = os.environ.get("ATTNKIT_LSH_HEAD_THREADS", "1") != "0"
 
 
 @dataclass(frozen=True)
@@ -464,49 +469,54 @@ class _LSHAttentionFunction(torch.autograd.Function):
         lse = torch.empty(B, H, L, dtype=sdt, device=device)
         lse_rounds = torch.empty(B * H, R, Lp, dtype=sdt, device=device)  # sorted order
         S = min(_slice_chunks(C), plan.n_chunks)
-        q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
-        k_rows = torch.empty_like(q_rows)
-        v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
-        ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
-        for n in range(B * H):
-            b, h = divmod(n, H)
-            q_n = qk[b, h].to(cdt)  # (L, D)
-            key_scale = _key_scale(q_n, cfg.scale)  # (L, 1): k = q * key_scale
-            v_n = v[b, h].to(cdt)
-            out_n, lse_n = out[b, h], lse[b, h]
-            out_n.zero_()
-            lse_n.fill_(float("-inf"))
-            for r in range(R):
-                rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
-                for c0, c1 in _slices(plan.n_chunks, C):
-                    m = c1 - c0
-                    qr = rd.gather(q_n, c0, c1, q_rows)  # ((m + 1) C, D): chunks c0 - 1 .. c1 - 1
-                    kr = torch.mul(qr, rd.gather(key_scale, c0, c1, ks_rows), out=k_rows[: (m + 1) * C])
-                    vr = rd.gather(v_n, c0, c1, v_rows)
-                    s = rd.scores(qr[C:].view(m, C, D), kr, c0, c1)  # (m, C, 2C)
-                    mx = s.amax(dim=-1)  # (m, C)
-                    p = rd.probabilities(s, mx == float("-inf"))
-                    # The largest weight is exp(max - lse), which gives the log-sum-exp.
-                    lse_s = rd.rows(lse_rounds[n, r], c0, c1)
-                    torch.sub(mx, p.amax(dim=-1).log_(), out=lse_s)
-                    if cfg.dropout_p > 0.0:
-                        p = rd.dropout(p, n, r, c0)
-                    o = torch.bmm(p, rd.window(vr)).view(m * C, Dv)  # (m C, Dv), sorted
-                    pos = rd.positions(c0 * C, c1 * C)
-                    if pos.numel():
-                        o, lse_s = o[: pos.numel()], lse_s.view(-1)[: pos.numel()]
-                        if r > 0:
-                            o, lse_s = _merge(out_n.index_select(0, pos), lse_n.index_select(0, pos), o, lse_s)
-                        out_n.index_copy_(0, pos, o)
-                        lse_n.index_copy_(0, pos, lse_s)
-            lonely = valid[b, h] & (lse_n == float("-inf"))  # met no other token: attends to itself
-            if lonely.any():
-                out_n.copy_(torch.where(lonely[:, None], v_n, out_n))
+
+        def heads(ns):
+            q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
+            k_rows = torch.empty_like(q_rows)
+            v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
+            ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
+            for n in ns:
+                b, h = divmod(n, H)
+                q_n = qk[b, h].to(cdt)  # (L, D)
+                key_scale = _key_scale(q_n, cfg.scale)  # (L, 1): k = q * key_scale
+                v_n = v[b, h].to(cdt)
+                out_n, lse_n = out[b, h], lse[b, h]
+                out_n.zero_()
+                lse_n.fill_(float("-inf"))
+                for r in range(R):
+                    rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
+                    for c0, c1 in _slices(plan.n_chunks, C):
+                        m = c1 - c0
+                        qr = rd.gather(q_n, c0, c1, q_rows)  # ((m + 1) C, D): chunks c0 - 1 .. c1 - 1
+                        kr = torch.mul(qr, rd.gather(key_scale, c0, c1, ks_rows), out=k_rows[: (m + 1) * C])
+                        vr = rd.gather(v_n, c0, c1, v_rows)
+                        s = rd.scores(qr[C:].view(m, C, D), kr, c0, c1)  # (m, C, 2C)
+                        mx = s.amax(dim=-1)  # (m, C)
+                        p = rd.probabilities(s, mx == float("-inf"))
+                        # The largest weight is exp(max - lse), which gives the log-sum-exp.
+                        lse_s = rd.rows(lse_rounds[n, r], c0, c1)
+                        torch.sub(mx, p.amax(dim=-1).log_(), out=lse_s)
+                        if cfg.dropout_p > 0.0:
+                            p = rd.dropout(p, n, r, c0)
+                        o = torch.bmm(p, rd.window(vr)).view(m * C, Dv)  # (m C, Dv), sorted
+                        pos = rd.positions(c0 * C, c1 * C)
+                        if pos.numel():
+                            o, lse_s = o[: pos.numel()], lse_s.view(-1)[: pos.numel()]
+                            if r > 0:
+                                o, lse_s = _merge(out_n.index_select(0, pos), lse_n.index_select(0, pos), o, lse_s)
+                            out_n.index_copy_(0, pos, o)
+                            lse_n.index_copy_(0, pos, lse_s)
+                lonely = valid[b, h] & (lse_n == float("-inf"))  # met no other token: attends to itself
+                if lonely.any():
+                    out_n.copy_(torch.where(lonely[:, None], v_n, out_n))
+
+        _run_heads(heads, B * H, device)
         ctx.save_for_backward(qk, v, order, code, where, valid, out, lse, lse_rounds)
         ctx.cfg = cfg
         return out.to(v.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         qk, v, order, code, where, valid, out, lse, lse_rounds = ctx.saved_tensors
         cfg = ctx.cfg
@@ -524,71 +534,99 @@ class _LSHAttentionFunction(torch.autograd.Function):
         dq = _token_major(B, H, L, D, dtype=cdt, device=device)
         dv = _token_major(B, H, L, Dv, dtype=cdt, device=device)
         S = min(_slice_chunks(C), plan.n_chunks)
-        q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
-        k_rows = torch.empty_like(q_rows)
-        v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
-        ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
-        dk_rows = torch.empty_like(q_rows)
-        dv_rows = torch.empty_like(v_rows)
-        dq_acc = torch.empty(L, D, dtype=cdt, device=device)  # contiguous accumulators for one head
-        dk_acc = torch.empty(L, D, dtype=cdt, device=device)  # w.r.t. the scaled unit keys
-        dv_acc = torch.empty(L, Dv, dtype=cdt, device=device)
-        for n in range(B * H):
-            b, h = divmod(n, H)
-            q_n = qk[b, h].to(cdt)
-            key_scale = _key_scale(q_n, cfg.scale)  # (L, 1)
-            v_n = v[b, h].to(cdt)
-            do_n = grad_out[b, h]  # (L, Dv)
-            delta_n = (do_n * out[b, h]).sum(-1).to(lse.dtype)  # D_i = dO_i . O_i
-            lse_n = lse[b, h]
-            dq_acc.zero_()
-            dk_acc.zero_()
-            dv_acc.zero_()
-            for r in range(R):
-                rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
-                lse_r = lse_rounds[n, r]  # (Lp,)
-                for c0, c1 in _slices(plan.n_chunks, C):
-                    m = c1 - c0
-                    qr = rd.gather(q_n, c0, c1, q_rows)
-                    kr = torch.mul(qr, rd.gather(key_scale, c0, c1, ks_rows), out=k_rows[: (m + 1) * C])
-                    vr = rd.gather(v_n, c0, c1, v_rows)
-                    q_s = qr[C:].view(m, C, D)
-                    src = rd.src[(c0 + 1) * C : (c1 + 1) * C]  # the slice's query rows
-                    # This round's share of each token's softmax; dO and D scaled by it (zero for empty rows).
-                    lse_rs = lse_r[c0 * C : c1 * C]
-                    share = (lse_rs - lse_n.index_select(0, src)).exp_()  # (m C,)
-                    do_s = do_n.index_select(0, src).mul_(share[:, None].to(cdt)).view(m, C, Dv)
-                    delta_s = delta_n.index_select(0, src).mul_(share).view(m, C, 1)
-                    s = rd.scores(q_s, kr, c0, c1)
-                    p = rd.probabilities(s, lse_rs.view(m, C) == float("-inf"))  # (m, C, 2C)
-                    dp = torch.bmm(do_s, rd.window(vr).transpose(1, 2))  # (m, C, 2C)
-                    if cfg.dropout_p > 0.0:
-                        p_drop = rd.dropout(p, n, r, c0)
-                        dp = rd.dropout(dp, n, r, c0)
-                    else:
-                        p_drop = p
-                    ds = dp.sub_(delta_s).mul_(p)  # dS = P (dP - D)
-                    dq_s = torch.bmm(ds, rd.window(kr)).view(m * C, D)
-                    # Window chunk w of the slice holds keys of chunk c0 - 1 + w: it gets the second half
-                    # of window w - 1 and the first half of window w.
-                    _fold(torch.bmm(p_drop.transpose(1, 2), do_s), dv_rows, m, C)  # dV = P^T dO
-                    _fold(torch.bmm(ds.transpose(1, 2), q_s), dk_rows, m, C)  # dK = dS^T Q
-                    pos_q = rd.positions(c0 * C, c1 * C)
-                    dq_acc.index_add_(0, pos_q, dq_s[: pos_q.numel()])
-                    lo = max(c0 * C - C, 0)
-                    pos_k = rd.positions(lo, c1 * C)
-                    skip = C if c0 == 0 else 0  # the empty chunk in front of chunk 0
-                    dk_acc.index_add_(0, pos_k, dk_rows[skip : skip + pos_k.numel()])
-                    dv_acc.index_add_(0, pos_k, dv_rows[skip : skip + pos_k.numel()])
-            # Through the keys' normalization, k = q * scale / |q|: dq += (dk - u (u . dk)) * scale / |q|
-            # with u = q / |q|, i.e. dq += key_scale * (dk - q (q . dk) * key_scale^2 / scale^2).
-            proj = (q_n * dk_acc).sum(-1, keepdim=True).mul_(key_scale.square() / cfg.scale**2)
-            dq_acc.add_(dk_acc.sub_(q_n * proj).mul_(key_scale))
-            dq[b, h] = dq_acc
-            if lonely[b, h].any():
-                dv_acc.add_(torch.where(lonely[b, h, :, None], do_n, 0.0))
-            dv[b, h] = dv_acc
+
+        def heads(ns):
+            q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
+            k_rows = torch.empty_like(q_rows)
+            v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
+            ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
+            dk_rows = torch.empty_like(q_rows)
+            dv_rows = torch.empty_like(v_rows)
+            dk_acc = torch.empty(L, D, dtype=cdt, device=device)  # w.r.t. the scaled unit keys
+            for n in ns:
+                b, h = divmod(n, H)
+                q_n = qk[b, h].to(cdt)
+                key_scale = _key_scale(q_n, cfg.scale)  # (L, 1)
+                v_n = v[b, h].to(cdt)
+                do_n = grad_out[b, h]  # (L, Dv)
+                delta_n = (do_n * out[b, h]).sum(-1).to(lse.dtype)  # D_i = dO_i . O_i
+                lse_n = lse[b, h]
+                dq_acc, dv_acc = dq[b, h], dv[b, h]
+                dq_acc.zero_()
+                dk_acc.zero_()
+                dv_acc.zero_()
+                for r in range(R):
+                    rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
+                    lse_r = lse_rounds[n, r]  # (Lp,)
+                    for c0, c1 in _slices(plan.n_chunks, C):
+                        m = c1 - c0
+                        qr = rd.gather(q_n, c0, c1, q_rows)
+                        kr = torch.mul(qr, rd.gather(key_scale, c0, c1, ks_rows), out=k_rows[: (m + 1) * C])
+                        vr = rd.gather(v_n, c0, c1, v_rows)
+                        q_s = qr[C:].view(m, C, D)
+                        src = rd.src[(c0 + 1) * C : (c1 + 1) * C]  # the slice's query rows
+                        # This round's share of each token's softmax; dO and D scaled by it (zero for empty rows).
+                        lse_rs = lse_r[c0 * C : c1 * C]
+                        share = (lse_rs - lse_n.index_select(0, src)).exp_()  # (m C,)
+                        do_s = do_n.index_select(0, src).mul_(share[:, None].to(cdt)).view(m, C, Dv)
+                        delta_s = delta_n.index_select(0, src).mul_(share).view(m, C, 1)
+                        s = rd.scores(q_s, kr, c0, c1)
+                        p = rd.probabilities(s, lse_rs.view(m, C) == float("-inf"))  # (m, C, 2C)
+                        dp = torch.bmm(do_s, rd.window(vr).transpose(1, 2))  # (m, C, 2C)
+                        if cfg.dropout_p > 0.0:
+                            p_drop = rd.dropout(p, n, r, c0)
+                            dp = rd.dropout(dp, n, r, c0)
+                        else:
+                            p_drop = p
+                        ds = dp.sub_(delta_s).mul_(p)  # dS = P (dP - D)
+                        dq_s = torch.bmm(ds, rd.window(kr)).view(m * C, D)
+                        # Window chunk w of the slice holds keys of chunk c0 - 1 + w: it gets the second half
+                        # of window w - 1 and the first half of window w.
+                        _fold(torch.bmm(p_drop.transpose(1, 2), do_s), dv_rows, m, C)  # dV = P^T dO
+                        _fold(torch.bmm(ds.transpose(1, 2), q_s), dk_rows, m, C)  # dK = dS^T Q
+                        pos_q = rd.positions(c0 * C, c1 * C)
+                        dq_acc.index_add_(0, pos_q, dq_s[: pos_q.numel()])
+                        lo = max(c0 * C - C, 0)
+                        pos_k = rd.positions(lo, c1 * C)
+                        skip = C if c0 == 0 else 0  # the empty chunk in front of chunk 0
+                        dk_acc.index_add_(0, pos_k, dk_rows[skip : skip + pos_k.numel()])
+                        dv_acc.index_add_(0, pos_k, dv_rows[skip : skip + pos_k.numel()])
+                # Through the keys' normalization, k = q * scale / |q|: dq += (dk - u (u . dk)) * scale / |q|
+                # with u = q / |q|, i.e. dq += key_scale * (dk - q (q . dk) * key_scale^2 / scale^2).
+                proj = (q_n * dk_acc).sum(-1, keepdim=True).mul_(key_scale.square() / cfg.scale**2)
+                dq_acc.add_(dk_acc.sub_(q_n * proj).mul_(key_scale))
+                if lonely[b, h].any():
+                    dv_acc.add_(torch.where(lonely[b, h, :, None], do_n, 0.0))
+
+        _run_heads(heads, B * H, device)
         return dq.to(qk.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def _run_heads(fn, N: int, device) -> None:
+    """``fn(heads)`` over the N = batch * heads sequences.
+
+    On a multi-core CPU the heads are shared among worker threads that each run single-threaded
+    kernels: the work per op is small (one slice of chunks), and one thread per head group avoids a
+    barrier per op across cores, which costs most when the cores are shared with other processes.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or N < 2 or not _HEAD_THREADS:
+        with torch.no_grad():
+            fn(range(N))
+        return
+
+    def work(ns):
+        with torch.no_grad():  # grad mode is per thread: the workers' ops are never recorded
+            fn(ns)
+
+    workers = min(threads, N)
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(work, range(w, N, workers)) for w in range(workers)]:
+                f.result()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fold(grad_windows: Tensor, rows: Tensor, m: int, C: int) -> None:
