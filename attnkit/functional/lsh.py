@@ -622,11 +622,21 @@ def _run_heads(fn, N: int, device) -> None:
     workers = min(threads, N)
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            for f in [pool.submit(work, range(w, N, workers)) for w in range(workers)]:
-                f.result()
+        pool = _pool(threads)
+        for f in [pool.submit(work, range(w, N, workers)) for w in range(workers)]:
+            f.result()
     finally:
         torch.set_num_threads(threads)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    # Kept for the process: fresh threads on every call would each bring a new malloc arena.
+    if size not in _POOLS:
+        _POOLS[size] = ThreadPoolExecutor(size, thread_name_prefix="attnkit-lsh")
+    return _POOLS[size]
 
 
 def _fold(grad_windows: Tensor, rows: Tensor, m: int, C: int) -> None:
