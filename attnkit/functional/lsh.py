@@ -135,15 +135,18 @@ def lsh_buckets(
     B, H, L, D = x.shape
     rotations = random_rotations(D, n_hashes, factors, seed, device=x.device)
     out = torch.zeros(B * H, n_hashes, L, dtype=torch.long, device=x.device)
-    xs = x.reshape(B * H, L, D)
-    for n in range(B * H):  # one (batch, head) at a time: the projections are (n_hashes, L, f/2)
-        xn = xs[n].float()
-        for f, R in zip(factors, rotations):
-            if R is None:
-                continue
-            proj = torch.einsum("ld,drk->rlk", xn, R)  # (n_hashes, L, f / 2)
-            ids = torch.cat([proj, -proj], dim=-1).argmax(dim=-1)  # (n_hashes, L)
-            out[n].mul_(f).add_(ids)
+
+    def heads(ns):
+        for n in ns:  # one (batch, head) at a time: the projections are (n_hashes, L, f / 2)
+            xn = x[n // H, n % H].float()
+            for f, R in zip(factors, rotations):
+                if R is None:
+                    continue
+                proj = torch.einsum("ld,drk->rlk", xn, R)  # (n_hashes, L, f / 2)
+                ids = torch.cat([proj, -proj], dim=-1).argmax(dim=-1)  # (n_hashes, L)
+                out[n].mul_(f).add_(ids)
+
+    _run_heads(heads, B * H, x.device)
     return out.view(B, H, n_hashes, L)
 
 
