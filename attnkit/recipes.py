@@ -1,7 +1,7 @@
 """Runs described by a TOML file: which model, which data, how to train.
 
     [model]
-    type = "TransformerLM"        # TransformerLM | Transformer | RNNSeq2Seq | TransformerEncoderForMaskedLM
+    type = "TransformerLM"        # TransformerLM | ReformerLM | Transformer | RNNSeq2Seq | TransformerEncoderForMaskedLM
     d_model = 256                 # any field of the model's config; vocabulary sizes come from the tokenizer
 
     [data]
@@ -30,7 +30,7 @@ import torch
 
 from .config import Config, check_choice, check_positive, unknown_key_message
 from .models import (
-    RNNSeq2Seq, RNNSeq2SeqConfig, Transformer, TransformerConfig, TransformerEncoderConfig,
+    ReformerConfig, ReformerLM, RNNSeq2Seq, RNNSeq2SeqConfig, Transformer, TransformerConfig, TransformerEncoderConfig,
     TransformerEncoderForMaskedLM, TransformerLM, TransformerLMConfig,
 )
 from .train import LanguageModelingTask, MaskedLMTask, Seq2SeqTask, TrainConfig
@@ -40,8 +40,9 @@ MODELS: dict[str, tuple[type, type]] = {
     "Transformer": (Transformer, TransformerConfig),
     "RNNSeq2Seq": (RNNSeq2Seq, RNNSeq2SeqConfig),
     "TransformerEncoderForMaskedLM": (TransformerEncoderForMaskedLM, TransformerEncoderConfig),
+    "ReformerLM": (ReformerLM, ReformerConfig),
 }
-LM_MODELS = ("TransformerLM",)
+LM_MODELS = ("TransformerLM", "ReformerLM")
 SEQ2SEQ_MODELS = ("Transformer", "RNNSeq2Seq")
 MLM_MODELS = ("TransformerEncoderForMaskedLM",)
 

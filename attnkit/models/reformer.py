@@ -229,9 +229,14 @@ class ReformerLM(nn.Module):
         top_p: float | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        beam_size: int = 1,
+        length_penalty: float = 1.0,
+        **options,
     ) -> Tensor:
-        """Continue ``tokens`` (B, T) -> (B, T + n); greedy at temperature 0. Each step re-runs the prefix."""
-        from ..generation import generate
+        """Continue ``tokens`` (B, T) -> (B, T + n); greedy at temperature 0, beam search with
+        ``beam_size > 1``; ``options`` (repetition_penalty, on_token) as :meth:`TransformerLM.generate`.
+        Each step re-runs the prefix: LSH attention keeps no KV cache."""
+        from ..generation import beam_search, generate
 
         check_tokens(tokens, self.config.vocab_size)
         if tokens.shape[1] == 0:
@@ -245,9 +250,12 @@ class ReformerLM(nn.Module):
             seq = new if prefix is None else torch.cat([prefix, new], dim=1)
             return self(seq)[:, -new.shape[1] :], seq
 
+        if beam_size > 1:
+            return beam_search(step, tokens, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                               length_penalty=length_penalty)
         return generate(
             step, tokens, max_new_tokens, eos_id=eos_id, temperature=temperature, top_k=top_k, top_p=top_p,
-            generator=generator,
+            generator=generator, **options,
         )
 
 
