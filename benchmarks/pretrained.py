@@ -109,7 +109,18 @@ def bench_generation(repeats: int, new_tokens: int) -> dict:
             out["theirs"] = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
                                            do_sample=False)
 
-    times = alternate({"attnkit": run_ours, "transformers": run_theirs}, repeats)
+    # the floor: one decoding step's matrix-vector products alone, which stream every float32 weight once
+    weights = [p for name, p in ours.named_parameters() if p.dim() == 2 and not name.startswith("embed.")]
+    weights.append(ours.lm_head.weight)
+    inputs = {n: torch.randn(1, n) for n in {w.shape[1] for w in weights}}
+
+    def run_floor():
+        with torch.inference_mode():
+            for _ in range(new_tokens):
+                for w in weights:
+                    torch.nn.functional.linear(inputs[w.shape[1]], w)
+
+    times = alternate({"attnkit": run_ours, "transformers": run_theirs, "matmul_floor": run_floor}, repeats)
     same = torch.equal(out["ours"], out["theirs"])
     result = {
         "model": f"SmolLM2-135M-Instruct ({GGUF_NAME}, dequantized to float32)",
@@ -124,6 +135,7 @@ def bench_generation(repeats: int, new_tokens: int) -> dict:
         result[f"{name}_seconds"] = ts
     result["speedup"] = result["attnkit_tokens_per_s"] / result["transformers_tokens_per_s"]
     result["speedup_best"] = result["attnkit_tokens_per_s_best"] / result["transformers_tokens_per_s_best"]
+    result["weight_bytes_per_token"] = sum(w.numel() * w.element_size() for w in weights)
     return result
 
 
@@ -182,6 +194,13 @@ def markdown(result: dict) -> str:
         f"| {e['attnkit_sentences_per_s']:.0f} /s ({e['attnkit_sentences_per_s_best']:.0f}) "
         f"| {e['sentence_transformers_sentences_per_s']:.0f} /s ({e['sentence_transformers_sentences_per_s_best']:.0f}) "
         f"| {e['speedup']:.2f}x ({e['speedup_best']:.2f}x) | max abs difference {e['max_abs_difference']:.1e} |",
+        "",
+        f"Floor for generation: the matrix-vector products of one step alone (every float32 weight, "
+        f"{g['weight_bytes_per_token'] / 2**20:.0f} MiB, read once) run at {g['matmul_floor_tokens_per_s']:.1f} "
+        f"steps/s in the same run: attnkit reaches {g['attnkit_tokens_per_s'] / g['matmul_floor_tokens_per_s']:.0%} "
+        f"of it, transformers {g['transformers_tokens_per_s'] / g['matmul_floor_tokens_per_s']:.0%}. "
+        f"Load average (1 min) {result['load_average_1min_at_start']:.1f} at the start, "
+        f"{result['load_average_1min_at_end']:.1f} at the end, on {os.cpu_count()} cores shared with other work.",
         "",
         f"Command: `{result['command']}`",
         "",

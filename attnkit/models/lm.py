@@ -94,7 +94,7 @@ class TransformerLM(nn.Module):
         out here.
 
         At batch 1 on a CPU, the general path's module calls, no-op dropouts and per-call checks cost
-        about a fifth of a small model's step (SmolLM2-135M); this is the same computation with fewer,
+        about a tenth of a small model's step (SmolLM2-135M); this is the same computation with fewer,
         plain tensor operations, and the same cache. tests/test_interop.py holds it equal to ``step``.
         """
         check_tokens(tokens, self.config.vocab_size)
@@ -102,33 +102,33 @@ class TransformerLM(nn.Module):
         if cache is None or tokens.shape[1] != 1 or self.training or not self.config.norm_first:
             x, cache = run_blocks(self.blocks, x, cache)
             return self.lm_head(self.norm(x[:, -1:])), cache
-        B = x.shape[0]
+        B, _, d_model = x.shape
+        x = x.view(B, d_model)  # one position: 2-D activations make each linear a single matrix-vector product
         rotary = self.blocks[0].self_attn.rotary_base is not None
         if rotary:
             # rotate_half(x) * sin == roll(x, D / 2) * sin with the first half of sin negated
             cos, sin = self.blocks[0].self_attn._rotary(cache_length(cache), 1, x.device)  # (1, D)
-            half = cos.shape[-1] // 2
-            sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+            sin = torch.cat([-sin[..., : sin.shape[-1] // 2], sin[..., sin.shape[-1] // 2 :]], dim=-1)
         new_cache = []
         for block, (kv, _) in zip(self.blocks, cache):
             attn, ff = block.self_attn, block.ff
             h = _norm(block.self_attn_norm, x)
-            q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(B, 1, attn.n_heads, -1).transpose(1, 2)
-            k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(B, 1, attn.n_kv_heads, -1).transpose(1, 2)
-            v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(B, 1, attn.n_kv_heads, -1).transpose(1, 2)
+            # (B, H * D) -> (B, H, 1, D): with one position no transpose is needed
+            q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(B, attn.n_heads, 1, -1)
+            k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(B, attn.n_kv_heads, 1, -1)
+            v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(B, attn.n_kv_heads, 1, -1)
             if rotary:
-                q = (q.float() * cos + q.float().roll(half, -1) * sin).to(q.dtype)
-                k = (k.float() * cos + k.float().roll(half, -1) * sin).to(k.dtype)
+                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             k, v = torch.cat([kv.k, k], dim=2), torch.cat([kv.v, v], dim=2)  # (B, H_kv, S, D)
             # the one query is the last position: it sees every key, so no mask
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=attn.n_kv_heads != attn.n_heads)  # (B, H, 1, D)
-            x = x + F.linear(y.transpose(1, 2).reshape(B, 1, -1), attn.out_proj.weight, attn.out_proj.bias)
+            x = x + F.linear(y.reshape(B, -1), attn.out_proj.weight, attn.out_proj.bias)
             h = _norm(block.ff_norm, x)
             u = F.linear(h, ff.up.weight, ff.up.bias)
             u = ff.act(u) if ff.gate is None else ff.act(F.linear(h, ff.gate.weight, ff.gate.bias)) * u
             x = x + F.linear(u, ff.down.weight, ff.down.bias)
             new_cache.append((KVCache(k, v), None))
-        return self.lm_head(_norm(self.norm, x)), new_cache
+        return self.lm_head(_norm(self.norm, x)).view(B, 1, -1), new_cache
 
     @torch.no_grad()
     def generate(
@@ -172,3 +172,12 @@ def _norm(norm: nn.Module, x: Tensor) -> Tensor:
     if isinstance(norm, RMSNorm):
         return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
     return norm(x)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
+    """Rotary embedding of x (B, H, 1, D) as :func:`attnkit.functional.apply_rotary` computes it, with
+    ``sin_signed`` = sin with its first half negated (so that a roll replaces rotate_half)."""
+    if x.dtype == torch.float32:
+        return x * cos + x.roll(x.shape[-1] // 2, -1) * sin_signed
+    x32 = x.float()
+    return (x32 * cos + x32.roll(x.shape[-1] // 2, -1) * sin_signed).to(x.dtype)
