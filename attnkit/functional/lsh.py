@@ -545,7 +545,6 @@ class _LSHAttentionFunction(torch.autograd.Function):
             ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
             dk_rows = torch.empty_like(q_rows)
             dv_rows = torch.empty_like(v_rows)
-            dk_acc = torch.empty(L, D, dtype=cdt, device=device)  # w.r.t. the scaled unit keys
             for n in ns:
                 b, h = divmod(n, H)
                 q_n = qk[b, h].to(cdt)
@@ -556,7 +555,6 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 lse_n = lse[b, h]
                 dq_acc, dv_acc = dq[b, h], dv[b, h]
                 dq_acc.zero_()
-                dk_acc.zero_()
                 dv_acc.zero_()
                 for r in range(R):
                     rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
@@ -586,18 +584,20 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         # Window chunk w of the slice holds keys of chunk c0 - 1 + w: it gets the second half
                         # of window w - 1 and the first half of window w.
                         _fold(torch.bmm(p_drop.transpose(1, 2), do_s), dv_rows, m, C)  # dV = P^T dO
-                        _fold(torch.bmm(ds.transpose(1, 2), q_s), dk_rows, m, C)  # dK = dS^T Q
-                        pos_q = rd.positions(c0 * C, c1 * C)
-                        dq_acc.index_add_(0, pos_q, dq_s[: pos_q.numel()])
+                        dk = _fold(torch.bmm(ds.transpose(1, 2), q_s), dk_rows, m, C)  # dK = dS^T Q
+                        # Through the keys' normalization, k = q * s / |q| with s = scale: per row,
+                        # dq = (s / |q|) (dk - u (u . dk)), u = q / |q|; ks = s / |q| is key_scale.
+                        ks = ks_rows[: (m + 1) * C]
+                        proj = (qr * dk).sum(-1, keepdim=True).mul_(ks.square() / cfg.scale**2)
+                        dk.sub_(qr * proj).mul_(ks)
+                        dk[C:] += dq_s  # the slice's queries are the window's last m chunks
                         lo = max(c0 * C - C, 0)
                         pos_k = rd.positions(lo, c1 * C)
                         skip = C if c0 == 0 else 0  # the empty chunk in front of chunk 0
-                        dk_acc.index_add_(0, pos_k, dk_rows[skip : skip + pos_k.numel()])
+                        dq_acc.index_add_(0, pos_k, dk[skip : skip + pos_k.numel()])
                         dv_acc.index_add_(0, pos_k, dv_rows[skip : skip + pos_k.numel()])
                 # Through the keys' normalization, k = q * scale / |q|: dq += (dk - u (u . dk)) * scale / |q|
                 # with u = q / |q|, i.e. dq += key_scale * (dk - q (q . dk) * key_scale^2 / scale^2).
-                proj = (q_n * dk_acc).sum(-1, keepdim=True).mul_(key_scale.square() / cfg.scale**2)
-                dq_acc.add_(dk_acc.sub_(q_n * proj).mul_(key_scale))
                 if lonely[b, h].any():
                     dv_acc.add_(torch.where(lonely[b, h, :, None], do_n, 0.0))
 
@@ -642,12 +642,14 @@ def _pool(size: int) -> ThreadPoolExecutor:
     return _POOLS[size]
 
 
-def _fold(grad_windows: Tensor, rows: Tensor, m: int, C: int) -> None:
+def _fold(grad_windows: Tensor, rows: Tensor, m: int, C: int) -> Tensor:
     """Sum (m, 2C, D) per-window key gradients into ((m + 1) C, D) key rows (chunks c0 - 1 .. c1 - 1)."""
-    chunks = rows[: (m + 1) * C].view(m + 1, C, -1)
+    out = rows[: (m + 1) * C]
+    chunks = out.view(m + 1, C, -1)
     chunks[1:] = grad_windows[:, C:]
     chunks[0] = 0
     chunks[:m] += grad_windows[:, :C]
+    return out
 
 
 def _key_scale(q: Tensor, scale: float) -> Tensor:
