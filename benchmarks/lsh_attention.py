@@ -123,6 +123,8 @@ def run_one(impl: str, L: int, args) -> dict:
         "--threads", str(args.threads),
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     load = os.getloadavg()[0]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -143,7 +145,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"{meta['machine']}; torch {meta['torch']}, {meta['threads']} threads; batch 1, fp32, causal, "
         f"{meta['heads']} heads x {meta['d_head']}, {meta['n_hashes']} hashes, bucket {meta['bucket_size']}; "
-        f"median of {meta['repeats']} steps after {meta['warmup']} warm-up; peak RSS of a fresh process.",
+        f"median of {meta['repeats']} steps after {meta['warmup']} warm-up; peak RSS of a fresh process"
+        + (f" (MALLOC_MMAP_THRESHOLD_={meta['mmap_threshold']})." if meta.get("mmap_threshold") else " (glibc's default allocator settings)."),
         "",
         "| tokens | implementation | time (s) | CPU time (s) | peak RSS (GB) | time / attnkit | memory / attnkit | load avg |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -176,6 +179,11 @@ def main(argv=None) -> None:
     p.add_argument("--n-hashes", type=int, default=4)
     p.add_argument("--bucket-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
+    p.add_argument(
+        "--mmap-threshold", type=int, default=0,
+        help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in each child, so freed large blocks go back to the "
+        "system and peak RSS follows live memory rather than heap fragmentation (0: glibc's default)",
+    )
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
     p.add_argument("--out", default=str(RESULTS / "lsh_attention"), help="path without suffix for .json and .md")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -196,7 +204,7 @@ def main(argv=None) -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
         "heads": args.heads, "d_head": args.d_head, "n_hashes": args.n_hashes, "bucket_size": args.bucket_size,
-        "repeats": args.repeats, "warmup": args.warmup,
+        "repeats": args.repeats, "warmup": args.warmup, "mmap_threshold": args.mmap_threshold,
     }
     rows = []
     for L in lengths:

@@ -68,6 +68,8 @@ def run(length: int, layers: int, reversible: bool, args) -> dict:
         "--repeats", str(args.repeats), "--threads", str(args.threads),
     ] + (["--reversible"] if reversible else [])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     row = {"length": length, "layers": layers, "reversible": reversible, "load_before": os.getloadavg()[0]}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -88,6 +90,11 @@ def main(argv=None) -> None:
     p.add_argument("--long-layers", type=int, default=6)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
+    p.add_argument(
+        "--mmap-threshold", type=int, default=0,
+        help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in each child, so freed large blocks go back to the "
+        "system and peak RSS follows live memory rather than heap fragmentation (0: glibc's default)",
+    )
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--out", default=str(RESULTS / "reformer_memory"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -120,7 +127,8 @@ def main(argv=None) -> None:
         "",
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; byte vocabulary, "
         "d_model 256, 4 heads, d_ff 1024, LSH (4 hashes, bucket 64), ff/loss chunks 8, Adam; batch 1, fp32; "
-        f"median of {args.repeats} steps after a warm-up; peak RSS of a fresh process.",
+        f"median of {args.repeats} steps after a warm-up; peak RSS of a fresh process"
+        + (f" (MALLOC_MMAP_THRESHOLD_={args.mmap_threshold})." if args.mmap_threshold else " (glibc's default allocator settings)."),
         "",
         "| tokens | layers | reversible | parameters | step time (s) | peak RSS (GB) | load avg |",
         "|---:|---:|---|---:|---:|---:|---:|",
