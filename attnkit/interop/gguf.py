@@ -168,15 +168,16 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[dic
         raise UnsupportedCheckpoint(f"{path.name}: the GGUF file has no token_embd.weight tensor")
     embed = next(t for t in reader.tensors if t.name == "token_embd.weight")
     config = llama_config(meta, names, path, vocab_size=int(embed.shape[-1]))
+    unknown = [t.name for t in reader.tensors if _hf_name(t.name) is None]
+    if any(name.startswith("rope_freqs") for name in unknown):
+        raise UnsupportedCheckpoint(f"{path.name}: rope frequency factors (rope_freqs) are not supported")
+    if unknown:
+        raise UnsupportedCheckpoint(
+            f"{path.name}: tensors attnkit does not know how to place: {', '.join(unknown[:8])}"
+            + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+        )
     state: dict[str, torch.Tensor] = {}
-    unknown = []
     for t in reader.tensors:
-        hf = _hf_name(t.name)
-        if hf is None:
-            if t.name.startswith("rope_freqs"):
-                raise UnsupportedCheckpoint(f"{path.name}: rope frequency factors ({t.name}) are not supported")
-            unknown.append(t.name)
-            continue
         try:
             w = gguf.quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError as e:
@@ -189,10 +190,5 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[dic
             w = unpermute_qk(w, config["num_attention_heads"])
         elif ".attn_k." in t.name:
             w = unpermute_qk(w, config["num_key_value_heads"])
-        state[hf] = torch.from_numpy(np.ascontiguousarray(w)).to(dtype)
-    if unknown:
-        raise UnsupportedCheckpoint(
-            f"{path.name}: tensors attnkit does not know how to place: {', '.join(unknown[:8])}"
-            + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
-        )
+        state[_hf_name(t.name)] = torch.from_numpy(np.ascontiguousarray(w)).to(dtype)
     return config, state

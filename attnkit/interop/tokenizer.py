@@ -142,11 +142,9 @@ def encode(
             tokenizer.enable_truncation(**saved)
     if pad_id is None:
         pad_id = next((i for t in ("[PAD]", "<pad>") if (i := tokenizer.token_to_id(t)) is not None), 0)
-    T = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), T), dtype=torch.bool)
-    for b, x in enumerate(ids):
-        tokens[b, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[b, : len(x)] = True
+    lengths = [len(x) for x in ids]
+    T = max(lengths)
+    tokens = torch.tensor([x + [pad_id] * (T - len(x)) for x in ids], dtype=torch.long)
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
     return tokens, mask
 
