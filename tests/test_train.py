@@ -141,3 +141,18 @@ def test_masked_lm_task_scores_only_chosen_positions():
                                                                     d_ff=64, max_len=64))
     logits, targets = task.forward(model, (inputs, labels))
     assert logits.shape == (8, 64, 21) and torch.equal(targets, labels)
+
+
+def test_bf16_autocast_accumulation_and_early_stopping(tmp_path):
+    from attnkit.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    stream = torch.arange(2000) % 17
+    task = LanguageModelingTask(stream[:1500], stream[1500:], context=16, batch_size=4, seed=0, eval_batches=1)
+    model = TransformerLM(TransformerLMConfig(vocab_size=17, d_model=32, n_heads=4, n_layers=1, d_ff=64, max_len=16))
+    config = TrainConfig(max_steps=40, lr=1e-9, warmup_steps=0, precision="bf16", accumulate=2, eval_every=2,
+                         patience=2, progress=False)
+    summary = Trainer(model, task, config, run_dir=tmp_path).train()
+    # with a learning rate of 1e-9 the eval loss cannot improve: training stops after `patience` evals
+    assert summary["stop_reason"] == "early_stopping" and summary["step"] < 40
+    assert all(torch.isfinite(p).all() for p in model.parameters())
