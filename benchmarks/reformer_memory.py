@@ -88,6 +88,7 @@ def main(argv=None) -> None:
     p.add_argument("--depth-length", type=int, default=16384)
     p.add_argument("--long-length", type=int, default=65536)
     p.add_argument("--long-layers", type=int, default=6)
+    p.add_argument("--no-long", action="store_true", help="only the depth comparison")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     p.add_argument(
@@ -114,8 +115,9 @@ def main(argv=None) -> None:
         for layers in (1, 12):
             rows.append(run(args.depth_length, layers, reversible, args))
             print(rows[-1], flush=True)
-    rows.append(run(args.long_length, args.long_layers, True, args))
-    print(rows[-1], flush=True)
+    if not args.no_long:
+        rows.append(run(args.long_length, args.long_layers, True, args))
+        print(rows[-1], flush=True)
 
     def get(layers, reversible):
         return next(r for r in rows[:4] if r["layers"] == layers and r["reversible"] == reversible)
