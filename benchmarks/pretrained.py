@@ -211,7 +211,9 @@ def markdown(result: dict) -> str:
             f"{g['transformers_tokens_per_s'] / floor:.0%}; load {run['load_average_1min_at_start']:.1f} -> "
             f"{run['load_average_1min_at_end']:.1f}"
         )
-    lines += ["", f"Command: `{result['command']}`", ""]
+    lines += ["", "While other processes share the cores, single figures move by 10-20% from run to run (a floor "
+              "measured a moment earlier can even come out below a full step); the speedups compare the two sides "
+              "within one run, on alternating repeats.", "", f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 
 
