@@ -23,6 +23,17 @@ def _stop_ids(eos_id: int | Sequence[int] | None) -> list[int]:
     return [int(eos_id)] if isinstance(eos_id, int) else [int(i) for i in eos_id]
 
 
+def check_prompt(tokens: Tensor, max_new_tokens: int, max_len: int) -> None:
+    """A prompt must hold at least one token and leave room for the new ones within ``max_len``."""
+    if tokens.shape[1] == 0:
+        raise ValueError("tokens is empty: generation needs a prompt of at least one token")
+    if tokens.shape[1] + max_new_tokens > max_len:
+        raise ValueError(
+            f"prompt ({tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds max_len={max_len}; "
+            "shorten the prompt or ask for fewer tokens"
+        )
+
+
 def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -> Tensor:
     """CTRL's penalty (Keskar et al. 2019): logits of tokens already in ``previous`` (B, t) are divided
     by ``penalty`` when positive and multiplied by it when negative."""

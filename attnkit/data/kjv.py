@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
+
+from ..io import atomic_write_text
 
 SWORD_PATH = Path("/usr/share/sword")
 MODULE = "engKJV2006eb"
@@ -30,20 +31,6 @@ CACHE_VERSION = 1  # bump when the cleaning changes, so old caches are not reuse
 def cache_dir() -> Path:
     """Where attnkit caches extracted corpora: ``$ATTNKIT_CACHE`` or ``~/.cache/attnkit``."""
     return Path(os.environ.get("ATTNKIT_CACHE") or Path.home() / ".cache" / "attnkit")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place, so a reader
-    never sees a half-written file (two processes filling the cache at once is harmless)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def clean_verse(text: str) -> str:

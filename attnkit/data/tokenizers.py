@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..io import atomic_write_text
+
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CharTokenizer:
@@ -86,7 +75,7 @@ class CharTokenizer:
         return {"type": "CharTokenizer", "chars": self.chars, "unk_text": self.unk_text}
 
     def save(self, path: str | Path) -> None:
-        _atomic_write(Path(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "CharTokenizer":
@@ -131,7 +120,7 @@ class ByteTokenizer:
         return [self.decode(ids, skip_special) for ids in batch]
 
     def save(self, path: str | Path) -> None:
-        _atomic_write(Path(path), json.dumps({"type": "ByteTokenizer"}))
+        atomic_write_text(Path(path), json.dumps({"type": "ByteTokenizer"}))
 
     @classmethod
     def load(cls, path: str | Path) -> "ByteTokenizer":
@@ -237,7 +226,7 @@ class SubwordTokenizer:
     def save(self, path: str | Path) -> None:
         values = json.loads(self.tokenizer.to_str())
         values["attnkit_specials"] = self.specials  # ignored by Hugging Face, read back by load()
-        _atomic_write(Path(path), json.dumps(values, ensure_ascii=False))
+        atomic_write_text(Path(path), json.dumps(values, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "SubwordTokenizer":

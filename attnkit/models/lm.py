@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
-from ..generation import beam_search, generate
+from ..generation import beam_search, check_prompt, generate
 from ..nn import KVCache, RMSNorm, make_norm
 from ..nn.block import BlockCache
 from ..nn.layers import ACTIVATIONS
@@ -151,13 +151,7 @@ class TransformerLM(nn.Module):
         ``beam_size > 1``. ``eos_id``: stop token(s). ``on_token`` receives each new column (streaming).
         """
         check_tokens(tokens, self.config.vocab_size)
-        if tokens.shape[1] == 0:
-            raise ValueError("tokens is empty: generation needs a prompt of at least one token")
-        if tokens.shape[1] + max_new_tokens > self.config.max_len:
-            raise ValueError(
-                f"prompt ({tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
-                f"max_len={self.config.max_len}; shorten the prompt or ask for fewer tokens"
-            )
+        check_prompt(tokens, max_new_tokens, self.config.max_len)
         if beam_size > 1:
             return beam_search(self.step, tokens, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
                                length_penalty=length_penalty)

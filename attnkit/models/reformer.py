@@ -236,15 +236,10 @@ class ReformerLM(nn.Module):
         """Continue ``tokens`` (B, T) -> (B, T + n); greedy at temperature 0, beam search with
         ``beam_size > 1``; ``options`` (repetition_penalty, on_token) as :meth:`TransformerLM.generate`.
         Each step re-runs the prefix: LSH attention keeps no KV cache."""
-        from ..generation import beam_search, generate
+        from ..generation import beam_search, check_prompt, generate
 
         check_tokens(tokens, self.config.vocab_size)
-        if tokens.shape[1] == 0:
-            raise ValueError("tokens is empty: generation needs a prompt of at least one token")
-        if tokens.shape[1] + max_new_tokens > self.config.max_len:
-            raise ValueError(
-                f"prompt ({tokens.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds max_len={self.config.max_len}"
-            )
+        check_prompt(tokens, max_new_tokens, self.config.max_len)
 
         def step(new: Tensor, prefix: Tensor | None):
             seq = new if prefix is None else torch.cat([prefix, new], dim=1)

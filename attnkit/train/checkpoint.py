@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from ..io import atomic_write_text
 
 FILES = ("model.safetensors", "config.json", "optimizer.safetensors", "state.json")
 
@@ -52,10 +53,7 @@ def _fsync(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    _fsync(tmp)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2), fsync=True)
 
 
 # ---- RNG and optimizer state as tensors + JSON ------------------------------------------------
