@@ -54,7 +54,7 @@ class TrainConfig(Config):
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     patience: int = 0  # evaluations without improvement before stopping; 0 disables early stopping
-    minutes: float = 0.0  # wall-clock budget; 0 = none
+    minutes: float = 0.0  # wall-clock budget (the cosine decay follows it); 0 = none
     seed: int = 0
     log_every: int = 10
     progress: bool = True
@@ -235,9 +235,16 @@ class Trainer:
 
             bar = tqdm(total=c.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         tokens_seen, loss_value, stop_reason = 0, float("nan"), "max_steps"
+        elapsed_before = self.state.get("elapsed_s", 0.0)  # training time of the runs this one resumes
         while self.step < c.max_steps:
+            elapsed = elapsed_before + time.time() - start_time
+            self.state["elapsed_s"] = elapsed
+            progress = None
+            if c.minutes:  # decay over whichever ends first: the steps or the time budget
+                steps_done = (self.step + 1 - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
+                progress = max(steps_done, elapsed / (60 * c.minutes))
             lr = lr_at(self.step, lr=c.lr, warmup_steps=c.warmup_steps, max_steps=c.max_steps,
-                       schedule=c.schedule, min_lr_ratio=c.min_lr_ratio)
+                       schedule=c.schedule, min_lr_ratio=c.min_lr_ratio, progress=progress)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
@@ -275,8 +282,13 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 postfix = {"loss": f"{loss_value:.3f}", "lr": f"{lr:.2e}"}
+                if c.minutes:  # the run ends at the budget, before the bar's step count
+                    left = max(0.0, 60 * c.minutes - elapsed)
+                    postfix["time_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
                 if "tokens_per_s" in record:
                     bar.set_postfix(**postfix, tok_s=f"{record['tokens_per_s']:.0f}")
+                elif c.minutes and self.step % c.log_every == 0:
+                    bar.set_postfix(**postfix)
             stop = False
             if self.step % c.eval_every == 0 or self.step == c.max_steps:
                 metrics = self.evaluate()
@@ -289,7 +301,7 @@ class Trainer:
                     self.state["evals_without_improvement"] += 1
                     if c.patience and self.state["evals_without_improvement"] >= c.patience:
                         stop, stop_reason = True, "early_stopping"
-            if c.minutes and time.time() - start_time > 60 * c.minutes:
+            if c.minutes and elapsed_before + time.time() - start_time > 60 * c.minutes:
                 stop, stop_reason = True, "time_budget"
             if stop or self.step % c.checkpoint_every == 0 or self.step == c.max_steps:
                 self.save()
