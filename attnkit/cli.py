@@ -40,10 +40,34 @@ def _config_path(name: str) -> Path:
     raise UsageError(f"config {name!r} is neither a file nor a preset (presets: {presets})")
 
 
-def cmd_train(args) -> int:
-    from .recipes import RunConfig, build_run, save_run_config
-    from .train import Trainer, latest_checkpoint
+def _train(args, config, run_dir: Path, resume: bool) -> int:
+    """Build the run (a fresh tokenizer, or the run's own when resuming), train, report."""
+    from .data import load_tokenizer
+    from .recipes import build_run, save_run_config
+    from .train import Trainer
     from .train.distributed import cleanup, init_distributed, wrap_model
+
+    rank, world, device = init_distributed()
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json") if resume else None
+    model, task, tokenizer = build_run(config, run_dir, tokenizer=tokenizer)
+    if rank == 0 and not resume:
+        save_run_config(config, run_dir)
+        tokenizer.save(run_dir / "tokenizer.json")
+        n = sum(p.numel() for p in model.parameters())
+        print(f"attnkit: {config.model['type']} with {n / 1e6:.2f}M parameters, vocabulary "
+              f"{tokenizer.vocab_size} ({config.data.tokenizer}), run folder {run_dir}", flush=True)
+    summary = Trainer(wrap_model(model, device, args.strategy), task, config.train, run_dir=run_dir,
+                      model_config=model.config, device=device).train(resume=resume)
+    cleanup()
+    if rank == 0:
+        print(json.dumps(summary))
+        _after_training(run_dir, config, args)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .recipes import RunConfig
+    from .train import latest_checkpoint
 
     path = _config_path(args.config)
     config = RunConfig.load(path, args.set or [])
@@ -55,42 +79,18 @@ def cmd_train(args) -> int:
         import shutil
 
         shutil.rmtree(run_dir)
-    rank, world, device = init_distributed()
-    model, task, tokenizer = build_run(config, run_dir)
-    if rank == 0:
-        save_run_config(config, run_dir)
-        tokenizer.save(run_dir / "tokenizer.json")
-        n = sum(p.numel() for p in model.parameters())
-        print(f"attnkit: {config.model['type']} with {n / 1e6:.2f}M parameters, vocabulary "
-              f"{tokenizer.vocab_size} ({config.data.tokenizer}), run folder {run_dir}", flush=True)
-    summary = Trainer(wrap_model(model, device, args.strategy), task, config.train, run_dir=run_dir,
-                      model_config=model.config, device=device).train(resume=False)
-    cleanup()
-    if rank == 0:
-        print(json.dumps(summary))
-        _after_training(run_dir, config, args)
-    return 0
+    return _train(args, config, run_dir, resume=False)
 
 
 def cmd_resume(args) -> int:
-    from .data import load_tokenizer
-    from .recipes import build_run, load_run_config
-    from .train import Trainer, latest_checkpoint
-    from .train.distributed import cleanup, init_distributed, wrap_model
+    from .recipes import load_run_config
+    from .train import latest_checkpoint
 
     run_dir = Path(args.run_dir)
     config = load_run_config(run_dir)
     if latest_checkpoint(run_dir) is None:
         raise UsageError(f"{run_dir} holds no checkpoint yet: start it with `attnkit train`")
-    rank, world, device = init_distributed()
-    model, task, _ = build_run(config, run_dir, tokenizer=load_tokenizer(run_dir / "tokenizer.json"))
-    summary = Trainer(wrap_model(model, device, args.strategy), task, config.train, run_dir=run_dir,
-                      model_config=model.config, device=device).train(resume=True)
-    cleanup()
-    if rank == 0:
-        print(json.dumps(summary))
-        _after_training(run_dir, config, args)
-    return 0
+    return _train(args, config, run_dir, resume=True)
 
 
 def _after_training(run_dir: Path, config, args) -> None:
