@@ -43,6 +43,7 @@ from torch.autograd.function import once_differentiable
 
 IMPLS = ("auto", "reference", "chunked")
 FACTORIZE_ABOVE = 128  # more buckets than this are hashed as a product of two smaller rotations
+_HASH_BLOCK = 8192  # tokens hashed at a time on CPU
 _SLICE_ELEMENTS = 1 << 19  # scores per slice in the chunked path (2 MiB in fp32)
 # On CPU, spread the heads over worker threads (set ATTNKIT_LSH_HEAD_THREADS=0 to use intra-op threads).
 _HEAD_THREADS = os.environ.get("ATTNKIT_LSH_HEAD_THREADS", "1") != "0"
@@ -136,15 +137,22 @@ def lsh_buckets(
     rotations = random_rotations(D, n_hashes, factors, seed, device=x.device)
     out = torch.zeros(B * H, n_hashes, L, dtype=torch.long, device=x.device)
 
+    step = _HASH_BLOCK if x.device.type == "cpu" else L
+
     def heads(ns):
-        for n in ns:  # one (batch, head) at a time: the projections are (n_hashes, L, f / 2)
-            xn = x[n // H, n % H].float()
-            for f, R in zip(factors, rotations):
-                if R is None:
-                    continue
-                proj = torch.einsum("ld,drk->rlk", xn, R)  # (n_hashes, L, f / 2)
-                ids = torch.cat([proj, -proj], dim=-1).argmax(dim=-1)  # (n_hashes, L)
-                out[n].mul_(f).add_(ids)
+        for n in ns:  # one (batch, head) at a time, in blocks of tokens: projections (n_hashes, block, f / 2)
+            for t0 in range(0, L, step):
+                xn = x[n // H, n % H, t0 : t0 + step].float()
+                ids_n = out[n, :, t0 : t0 + step]  # (n_hashes, block)
+                for f, R in zip(factors, rotations):
+                    if R is None:
+                        continue
+                    proj = torch.einsum("ld,drk->rlk", xn, R)  # (n_hashes, block, f / 2)
+                    # argmax over [proj, -proj] without building it: the largest +proj or the largest -proj.
+                    hi, i_hi = proj.max(dim=-1)
+                    lo, i_lo = proj.min(dim=-1)
+                    ids = torch.where(hi >= -lo, i_hi, i_lo + f // 2)
+                    ids_n.mul_(f).add_(ids)
 
     _run_heads(heads, B * H, x.device)
     return out.view(B, H, n_hashes, L)
@@ -551,7 +559,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 key_scale = _key_scale(q_n, cfg.scale)  # (L, 1)
                 v_n = v[b, h].to(cdt)
                 do_n = grad_out[b, h]  # (L, Dv)
-                delta_n = (do_n * out[b, h]).sum(-1).to(lse.dtype)  # D_i = dO_i . O_i
+                delta_n = torch.bmm(do_n[:, None, :], out[b, h][:, :, None]).view(L).to(lse.dtype)  # D_i = dO_i . O_i
                 lse_n = lse[b, h]
                 dq_acc, dv_acc = dq[b, h], dv[b, h]
                 dq_acc.zero_()
@@ -630,9 +638,19 @@ def _run_heads(fn, N: int, device) -> None:
             f.result()
     finally:
         torch.set_num_threads(threads)
+        _release_free_memory()
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_LIBC = None
+
+
+def _release_free_memory() -> None:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes, ctypes.util
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+    _LIBC.malloc_trim(0)
 
 
 def _pool(size: int) -> ThreadPoolExecutor:

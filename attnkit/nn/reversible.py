@@ -123,40 +123,40 @@ class _ReversibleFunction(torch.autograd.Function):
         kw_grads = [None] * len(kw_grad_inputs)
         param_grads: list[Tensor | None] = [None] * len(ctx.param_index)
 
-        streams = [y1, y2]
-        grads = [dy1 if dy1 is not None else torch.zeros_like(y1), dy2 if dy2 is not None else torch.zeros_like(y2)]
+        # Private copies, updated in place layer by layer: one buffer per stream and per gradient.
+        streams = [y1.clone(), y2.clone()]
+        grads = [torch.zeros_like(y1) if dy is None else dy.clone() for dy in (dy1, dy2)]
         for i in reversed(range(len(ctx.branches))):
             branch = ctx.branches[i]
             out_s, in_s = i % 2, 1 - i % 2  # the branch read stream in_s and added to stream out_s
             params = [p for p in branch.parameters() if id(p) in ctx.param_index]
-            x = streams[in_s].detach().requires_grad_()
             with ctx.states[i].replay(), torch.enable_grad():
                 chunks = getattr(branch, "chunks", 1)
                 if chunks > 1 and hasattr(branch, "forward_chunk"):
-                    # Position-wise: recompute and differentiate one slice at a time.
-                    pieces, dx_parts = [], []
-                    for xs, gs in zip(x.detach().chunk(chunks, dim=-2), grads[out_s].chunk(chunks, dim=-2)):
-                        xs = xs.requires_grad_()
+                    # Position-wise: recompute and differentiate one slice at a time, updating in place.
+                    for xs, ys, gs, dxs in zip(*(t.chunk(chunks, dim=-2) for t in (
+                        streams[in_s], streams[out_s], grads[out_s], grads[in_s]
+                    ))):
+                        xs = xs.detach().requires_grad_()
                         fx = branch.forward_chunk(xs)
                         g = torch.autograd.grad(fx, [xs, *params], gs, allow_unused=True)
-                        pieces.append(fx.detach())
-                        dx_parts.append(g[0])
+                        ys.sub_(fx.detach())  # rebuild the branch's input stream
+                        if g[0] is not None:
+                            dxs.add_(g[0])
                         _accumulate(param_grads, ctx.param_index, params, g[1:])
-                    fx = torch.cat(pieces, dim=-2)
-                    dx = torch.cat(dx_parts, dim=-2)
+                        del xs, fx, g
                 else:
+                    x = streams[in_s].detach().requires_grad_()
                     fx = branch(x, **kwargs)
                     g = torch.autograd.grad(fx, [x, *params, *kw_grad_inputs], grads[out_s], allow_unused=True)
-                    dx = g[0]
+                    streams[out_s].sub_(fx.detach())  # rebuild the branch's input stream
+                    if g[0] is not None:
+                        grads[in_s].add_(g[0])
                     _accumulate(param_grads, ctx.param_index, params, g[1 : 1 + len(params)])
                     for j, gk in enumerate(g[1 + len(params) :]):
                         if gk is not None:
                             kw_grads[j] = gk if kw_grads[j] is None else kw_grads[j] + gk
-                    fx = fx.detach()
-            streams[out_s] = streams[out_s] - fx  # rebuild the branch's input stream
-            if dx is not None:
-                grads[in_s] = grads[in_s] + dx
-            del x, fx
+                    del x, fx, g
 
         kw_grad_iter = iter(kw_grads)
         kw_out = [next(kw_grad_iter) if isinstance(t, Tensor) and t.requires_grad else None for t in kw_leaves]
