@@ -624,6 +624,8 @@ def _run_heads(fn, N: int, device) -> None:
     if device.type != "cpu" or threads < 2 or N < 2 or not _HEAD_THREADS:
         with torch.no_grad():
             fn(range(N))
+        if device.type == "cpu":
+            _release_free_memory()
         return
 
     def work(ns):
@@ -642,15 +644,28 @@ def _run_heads(fn, N: int, device) -> None:
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
-_LIBC = None
+_MALLOC_TRIM = None
 
 
 def _release_free_memory() -> None:
-    global _LIBC
-    if _LIBC is None:
-        import ctypes, ctypes.util
-        _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
-    _LIBC.malloc_trim(0)
+    """Hand the heap pages freed by an LSH pass back to the system (glibc's ``malloc_trim``).
+
+    Each pass frees many slice-sized blocks in the worker threads' heaps; glibc keeps them resident,
+    and after a few passes (the layers of a model, recomputed in backward) the process holds far more
+    memory than it uses. Trimming after each pass keeps the resident size near the live size. A no-op
+    where the C library has no ``malloc_trim``.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
 
 
 def _pool(size: int) -> ThreadPoolExecutor:
