@@ -18,16 +18,18 @@ softmax over all the pairs they found: round r contributes with weight ``exp(lse
 ``dedup=True`` a pair met in N rounds has its score lowered by log N, so it is not counted N times
 (the paper's eq. 6 with the m_ij term).
 
-Two implementations, one signature:
+Three implementations, one signature:
 
 * ``impl="reference"`` writes this out plainly: full (L, L) shared-QK scores per round, masked to
   the pairs that share a bucket and lie in adjacent chunks after sorting. O(n_hashes L^2) memory.
-* ``impl="chunked"`` (the ``"auto"`` choice) works on the sorted order, in slices of chunks, as
+* ``impl="chunked"`` (the ``"auto"`` choice on CPU) works on the sorted order, in slices of chunks, as
   (chunks, bucket_size, 2 * bucket_size) matrix products, inside a custom autograd function that keeps
   only the sort orders and the per-token log-sum-exp and recomputes the scores in backward. Memory is
   O(n_hashes L) plus one slice of scores.
+* ``impl="fused"`` (the ``"auto"`` choice on CUDA) is the same algorithm as two Triton kernels, one
+  program per chunk (:mod:`attnkit.kernels.lsh`).
 
-Tests hold the two equal, values and gradients.
+Tests hold them equal, values and gradients.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-IMPLS = ("auto", "reference", "chunked")
+IMPLS = ("auto", "reference", "chunked", "fused")
 FACTORIZE_ABOVE = 128  # more buckets than this are hashed as a product of two smaller rotations
 _HASH_BLOCK = 8192  # tokens hashed at a time on CPU
 _SLICE_ELEMENTS = 1 << 19  # scores per slice in the chunked path (2 MiB in fp32)
@@ -221,8 +223,9 @@ def lsh_attention(
             attended to, and their own outputs are zero.
         seed: seeds the random rotations (and the dropout masks). ``None`` draws one from torch's
             global generator, so ``torch.manual_seed`` makes a run repeatable.
-        impl: ``"reference"`` (plain full-matrix version), ``"chunked"`` (sorted, sliced, memory-lean)
-            or ``"auto"`` (chunked).
+        impl: ``"reference"`` (plain full-matrix version), ``"chunked"`` (sorted, sliced, memory-lean),
+            ``"fused"`` (Triton kernels, :mod:`attnkit.kernels.lsh`: CUDA, or CPU under TRITON_INTERPRET=1)
+            or ``"auto"`` (fused on CUDA when Triton is installed and the options allow, else chunked).
         n_buckets: override the bucket count (even, or 1), or give its factors as a tuple.
         attend_across_buckets: keep pairs of different buckets that fall in adjacent chunks.
         dedup: lower the score of a pair found in N rounds by log N, so it counts once.
@@ -249,6 +252,17 @@ def lsh_attention(
         seed = int(torch.randint(0, 2**62, ()).item())
     with torch.no_grad():
         buckets = lsh_buckets(qk.detach(), n_hashes, plan.factors, seed)  # (B, H, n_hashes, L)
+    if impl == "fused" or (impl == "auto" and qk.is_cuda):
+        from ..kernels.lsh import fused_lsh_attention, unsupported
+
+        why = unsupported(qk, dedup=dedup, dropout_p=dropout_p)
+        if why is None:
+            return fused_lsh_attention(
+                qk, v, buckets, valid, chunk=plan.chunk, n_chunks=plan.n_chunks, n_buckets=plan.n_buckets,
+                causal=causal, across=attend_across_buckets, scale=scale,
+            )
+        if impl == "fused":
+            raise ValueError(f"impl='fused' cannot run these inputs: {why}")
     if impl == "reference":
         if dropout_p > 0.0:
             raise ValueError("dropout_p > 0 is only supported by impl='chunked'")
