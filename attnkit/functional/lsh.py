@@ -474,11 +474,10 @@ def _token_major(B: int, H: int, L: int, D: int, **kwargs) -> Tensor:
 class _LSHAttentionFunction(torch.autograd.Function):
     """Chunked LSH attention over (B, H, L, D).
 
-    Saves the inputs, the sort orders, the output, each token's log-sum-exp over all rounds and its
-    log-sum-exp in each round (sorted order); backward recomputes each slice's scores, and the ratio
-    exp(lse_round - lse) turns the within-round softmax into that round's share of the whole. Each slice
-    gathers its own rows and scatters its results back by position, so no sorted copy of a whole
-    sequence is ever made.
+    Saves the inputs, the sort orders, the output and each token's log-sum-exp over all rounds; backward
+    recomputes each slice's scores, and since the rounds together are one softmax over the pairs they
+    found, each pair's weight is exp(s - lse). Each slice gathers its own rows and scatters its results
+    back by position, so no sorted copy of a whole sequence is ever made.
     """
 
     @staticmethod
@@ -486,16 +485,16 @@ class _LSHAttentionFunction(torch.autograd.Function):
         B, H, L, D = qk.shape
         Dv = v.shape[-1]
         plan = cfg.plan
-        C, Lp, R = plan.chunk, plan.padded_length, order.shape[1]
+        C, R = plan.chunk, order.shape[1]
         cdt = _compute_dtype(qk.dtype)
         sdt = torch.float64 if cdt == torch.float64 else torch.float32  # log-sum-exp
         device = qk.device
         out = _token_major(B, H, L, Dv, dtype=cdt, device=device)
         lse = torch.empty(B, H, L, dtype=sdt, device=device)
-        lse_rounds = torch.empty(B * H, R, Lp, dtype=sdt, device=device)  # sorted order
         S = min(_slice_chunks(C), plan.n_chunks)
 
         def heads(ns):
+            lse_rows = torch.empty(S * C, dtype=sdt, device=device)  # one slice's log-sum-exp in this round
             q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
             k_rows = torch.empty_like(q_rows)
             v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
@@ -519,8 +518,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         mx = s.amax(dim=-1)  # (m, C)
                         p = rd.probabilities(s, mx == float("-inf"))
                         # The largest weight is exp(max - lse), which gives the log-sum-exp.
-                        lse_s = rd.rows(lse_rounds[n, r], c0, c1)
-                        torch.sub(mx, p.amax(dim=-1).log_(), out=lse_s)
+                        lse_s = torch.sub(mx, p.amax(dim=-1).log_(), out=lse_rows[: m * C].view(m, C))
                         if cfg.dropout_p > 0.0:
                             p = rd.dropout(p, n, r, c0)
                         o = torch.bmm(p, rd.window(vr)).view(m * C, Dv)  # (m C, Dv), sorted
@@ -532,18 +530,18 @@ class _LSHAttentionFunction(torch.autograd.Function):
                             out_n.index_copy_(0, pos, o)
                             lse_n.index_copy_(0, pos, lse_s)
                 lonely = valid[b, h] & (lse_n == float("-inf"))  # met no other token: attends to itself
-                if lonely.any():
-                    out_n.copy_(torch.where(lonely[:, None], v_n, out_n))
+                alone = lonely.nonzero().squeeze(1)
+                out_n.index_copy_(0, alone, v_n.index_select(0, alone))
 
         _run_heads(heads, B * H, device)
-        ctx.save_for_backward(qk, v, order, code, where, valid, out, lse, lse_rounds)
+        ctx.save_for_backward(qk, v, order, code, where, valid, out, lse)
         ctx.cfg = cfg
         return out.to(v.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        qk, v, order, code, where, valid, out, lse, lse_rounds = ctx.saved_tensors
+        qk, v, order, code, where, valid, out, lse = ctx.saved_tensors
         cfg = ctx.cfg
         B, H, L, D = qk.shape
         Dv = v.shape[-1]
@@ -556,8 +554,10 @@ class _LSHAttentionFunction(torch.autograd.Function):
         lse = lse.masked_fill(lonely, float("inf"))  # and its weights, exp(s - inf), are zero
         lonely &= valid
         grad_out = grad_out.to(cdt)
-        dq = _token_major(B, H, L, D, dtype=cdt, device=device)
-        dv = _token_major(B, H, L, Dv, dtype=cdt, device=device)
+        # Head-major, so each head's accumulators are contiguous (scattered adds into a token-major
+        # layout, rows H * D apart, run several times slower).
+        dq = torch.empty(B, H, L, D, dtype=cdt, device=device)
+        dv = torch.empty(B, H, L, Dv, dtype=cdt, device=device)
         S = min(_slice_chunks(C), plan.n_chunks)
 
         def heads(ns):
@@ -580,7 +580,6 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 dv_acc.zero_()
                 for r in range(R):
                     rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
-                    lse_r = lse_rounds[n, r]  # (Lp,)
                     for c0, c1 in _slices(plan.n_chunks, C):
                         m = c1 - c0
                         qr = rd.gather(q_n, c0, c1, q_rows)
@@ -588,13 +587,11 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         vr = rd.gather(v_n, c0, c1, v_rows)
                         q_s = qr[C:].view(m, C, D)
                         src = rd.src[(c0 + 1) * C : (c1 + 1) * C]  # the slice's query rows
-                        # This round's share of each token's softmax; dO and D scaled by it (zero for empty rows).
-                        lse_rs = lse_r[c0 * C : c1 * C]
-                        share = (lse_rs - lse_n.index_select(0, src)).exp_()  # (m C,)
-                        do_s = do_n.index_select(0, src).mul_(share[:, None].to(cdt)).view(m, C, Dv)
-                        delta_s = delta_n.index_select(0, src).mul_(share).view(m, C, 1)
+                        do_s = do_n.index_select(0, src).view(m, C, Dv)
+                        delta_s = delta_n.index_select(0, src).view(m, C, 1)
+                        # Each pair's weight in the softmax over all rounds: exp(s - lse), lse over all rounds.
                         s = rd.scores(q_s, kr, c0, c1)
-                        p = rd.probabilities(s, lse_rs.view(m, C) == float("-inf"))  # (m, C, 2C)
+                        p = s.sub_(lse_n.index_select(0, src).view(m, C, 1)).exp_()  # (m, C, 2C)
                         dp = torch.bmm(do_s, rd.window(vr).transpose(1, 2))  # (m, C, 2C)
                         if cfg.dropout_p > 0.0:
                             p_drop = rd.dropout(p, n, r, c0)
@@ -620,8 +617,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         dv_acc.index_add_(0, pos_k, dv_rows[skip : skip + pos_k.numel()])
                 # Through the keys' normalization, k = q * scale / |q|: dq += (dk - u (u . dk)) * scale / |q|
                 # with u = q / |q|, i.e. dq += key_scale * (dk - q (q . dk) * key_scale^2 / scale^2).
-                if lonely[b, h].any():
-                    dv_acc.add_(torch.where(lonely[b, h, :, None], do_n, 0.0))
+                alone = lonely[b, h].nonzero().squeeze(1)
+                dv_acc.index_add_(0, alone, do_n.index_select(0, alone))
 
         _run_heads(heads, B * H, device)
         return dq.to(qk.dtype), dv.to(v.dtype), None, None, None, None, None
