@@ -355,3 +355,20 @@ def test_head_threads_match_serial(monkeypatch):
             torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_gpu_hashing_layout_gives_the_same_buckets():
+    # On a GPU the heads are hashed together in blocks of tokens; the buckets must not depend on it.
+    import attnkit.functional.lsh as lsh
+
+    x = torch.randn(2, 3, 50, 8)
+    factors = (4, 6)
+    expected = lsh_buckets(x, 2, factors, seed=4)
+    got = torch.zeros_like(expected)
+    old = lsh._HASH_ELEMENTS_GPU
+    lsh._HASH_ELEMENTS_GPU = 2 * 3 * 2 * 6 * 7  # 7 tokens per block: several blocks and a ragged end
+    try:
+        lsh._hash_all_heads(x, got, factors, lsh.random_rotations(8, 2, factors, 4))
+    finally:
+        lsh._HASH_ELEMENTS_GPU = old
+    assert torch.equal(got, expected)

@@ -45,7 +45,8 @@ from torch.autograd.function import once_differentiable
 
 IMPLS = ("auto", "reference", "chunked", "fused")
 FACTORIZE_ABOVE = 128  # more buckets than this are hashed as a product of two smaller rotations
-_HASH_BLOCK = 8192  # tokens hashed at a time on CPU
+_HASH_BLOCK = 8192  # tokens hashed at a time on CPU (per head)
+_HASH_ELEMENTS_GPU = 1 << 26  # projections computed at a time on a GPU (256 MB in fp32)
 _SLICE_ELEMENTS = 1 << 19  # scores per slice in the chunked path (2 MiB in fp32)
 # On CPU, spread the heads over worker threads (set ATTNKIT_LSH_HEAD_THREADS=0 to use intra-op threads).
 _HEAD_THREADS = os.environ.get("ATTNKIT_LSH_HEAD_THREADS", "1") != "0"
@@ -139,25 +140,39 @@ def lsh_buckets(
     rotations = random_rotations(D, n_hashes, factors, seed, device=x.device)
     out = torch.zeros(B * H, n_hashes, L, dtype=torch.long, device=x.device)
 
-    step = _HASH_BLOCK if x.device.type == "cpu" else L
+    if x.device.type == "cpu":
 
-    def heads(ns):
-        for n in ns:  # one (batch, head) at a time, in blocks of tokens: projections (n_hashes, block, f / 2)
-            for t0 in range(0, L, step):
-                xn = x[n // H, n % H, t0 : t0 + step].float()
-                ids_n = out[n, :, t0 : t0 + step]  # (n_hashes, block)
-                for f, R in zip(factors, rotations):
-                    if R is None:
-                        continue
-                    proj = torch.einsum("ld,drk->rlk", xn, R)  # (n_hashes, block, f / 2)
-                    # argmax over [proj, -proj] without building it: the largest +proj or the largest -proj.
-                    hi, i_hi = proj.max(dim=-1)
-                    lo, i_lo = proj.min(dim=-1)
-                    ids = torch.where(hi >= -lo, i_hi, i_lo + f // 2)
-                    ids_n.mul_(f).add_(ids)
+        def heads(ns):  # one (batch, head) at a time, in blocks of tokens
+            for n in ns:
+                for t0 in range(0, L, _HASH_BLOCK):
+                    t1 = t0 + _HASH_BLOCK
+                    _hash_block(x[n // H, n % H, t0:t1], out[n, :, t0:t1], factors, rotations)
 
-    _run_heads(heads, B * H, x.device)
+        _run_heads(heads, B * H, x.device)
+    else:
+        _hash_all_heads(x, out.view(B, H, n_hashes, L), factors, rotations)
     return out.view(B, H, n_hashes, L)
+
+
+def _hash_block(xb: Tensor, ids: Tensor, factors: tuple[int, ...], rotations: list) -> None:
+    """Bucket ids of xb (..., T, D), accumulated in mixed radix into ids (..., n_hashes, T)."""
+    for f, R in zip(factors, rotations):
+        if R is None:
+            continue
+        proj = torch.einsum("...ld,drk->...rlk", xb.float(), R)  # (..., n_hashes, T, f / 2)
+        # argmax over [proj, -proj] without building it: the largest +proj or the largest -proj.
+        hi, i_hi = proj.max(dim=-1)
+        lo, i_lo = proj.min(dim=-1)
+        ids.mul_(f).add_(torch.where(hi >= -lo, i_hi, i_lo + f // 2))
+
+
+def _hash_all_heads(x: Tensor, ids: Tensor, factors: tuple[int, ...], rotations: list) -> None:
+    """The GPU way: every head at once, in blocks of tokens. x (B, H, L, D), ids (B, H, n_hashes, L)."""
+    B, H, n_hashes, L = ids.shape
+    step = max(1, _HASH_ELEMENTS_GPU // (B * H * n_hashes * max(factors)))
+    with torch.no_grad():
+        for t0 in range(0, L, step):
+            _hash_block(x[:, :, t0 : t0 + step], ids[..., t0 : t0 + step], factors, rotations)
 
 
 def shared_qk_attention(

@@ -43,7 +43,7 @@ def _slots(ORDER, CODE, chunk, offs, C: tl.constexpr, L, NB, n_chunks):
     pos = tl.load(ORDER + slot, mask=in_range, other=0)
     code = tl.load(CODE + slot, mask=in_range, other=NB)
     ok = in_range & (pos < L) & (code < NB)  # a real token (padding slots and masked tokens sort last)
-    return pos, code, ok
+    return pos.to(tl.int64), code, ok  # 64-bit: position * row stride passes 2**31 past a few million tokens
 
 
 @triton.jit

@@ -44,22 +44,17 @@ class ReversibleSequence(nn.Module):
 
     def forward(self, x: Tensor, **kwargs) -> Tensor:
         """x (B, L, d_model) -> (B, L, d_model): both streams start as x; the result is their mean."""
-        y1, y2 = self.forward_streams(x, x, **kwargs)
-        return (y1 + y2) / 2
-
-    def forward_streams(self, x1: Tensor, x2: Tensor, **kwargs) -> tuple[Tensor, Tensor]:
-        """(X1, X2) -> (Y1, Y2) through every branch."""
-        if x1.shape != x2.shape:
-            raise ValueError(f"the two streams must have one shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        if not isinstance(x, Tensor) or x.dim() < 2:
+            raise ValueError(f"x must be a tensor of shape (B, L, d_model), got {getattr(x, 'shape', type(x).__name__)}")
         if not self.reversible or not torch.is_grad_enabled():
-            streams = [x1, x2]
+            streams = [x, x]
             for i, branch in enumerate(self.branches):
                 streams[i % 2] = streams[i % 2] + _call(branch, streams[1 - i % 2], kwargs)
-            return streams[0], streams[1]
+            return (streams[0] + streams[1]) / 2
         names = sorted(kwargs)
         kw_values = [kwargs[k] for k in names]
         params = [p for p in self.parameters() if p.requires_grad]
-        return _ReversibleFunction.apply(x1, x2, self.branches, names, len(kw_values), *kw_values, *params)
+        return _ReversibleFunction.apply(x, self.branches, names, len(kw_values), *kw_values, *params)
 
 
 def _call(branch: nn.Module, x: Tensor, kwargs: dict) -> Tensor:
@@ -70,6 +65,18 @@ def _call(branch: nn.Module, x: Tensor, kwargs: dict) -> Tensor:
             return branch(x)
         return torch.cat([branch.forward_chunk(p) for p in x.chunk(chunks, dim=-2)], dim=-2)
     return branch(x, **kwargs)
+
+
+def _autocast_state(device_type: str) -> dict:
+    """The autocast setting in force, as ``torch.autocast`` keywords: backward recomputes under it too
+    (autocast is thread-local, and backward may run on another thread)."""
+    if device_type not in ("cpu", "cuda"):
+        return {"device_type": device_type, "enabled": False}
+    return {
+        "device_type": device_type,
+        "enabled": torch.is_autocast_enabled(device_type),
+        "dtype": torch.get_autocast_dtype(device_type),
+    }
 
 
 class _RNGState:
@@ -92,26 +99,32 @@ class _RNGState:
 
 
 class _ReversibleFunction(torch.autograd.Function):
+    """x -> mean of the two streams after every branch.
+
+    The final streams are kept (not returned), so backward owns them and rebuilds each layer's inputs in
+    place; the two stream gradients are the only other full-size buffers.
+    """
+
     @staticmethod
-    def forward(ctx, x1, x2, branches, names, n_kw, *rest):
+    def forward(ctx, x, branches, names, n_kw, *rest):
         kw_values, params = rest[:n_kw], rest[n_kw:]
         kwargs = dict(zip(names, kw_values))
-        streams = [x1.detach(), x2.detach()]
+        streams = [x.detach(), x.detach()]
         states = []
         with torch.no_grad():
             for i, branch in enumerate(branches):
-                states.append(_RNGState(x1.device))
+                states.append(_RNGState(x.device))
                 streams[i % 2] = streams[i % 2] + _call(branch, streams[1 - i % 2], kwargs)
         ctx.branches, ctx.names, ctx.states, ctx.n_kw = branches, names, states, n_kw
+        ctx.autocast = _autocast_state(x.device.type)
         ctx.param_index = {id(p): j for j, p in enumerate(params)}
         ctx.save_for_backward(streams[0], streams[1], *[t if isinstance(t, Tensor) else None for t in kw_values])
         ctx.kw_other = [None if isinstance(t, Tensor) else t for t in kw_values]
-        return streams[0], streams[1]
+        return (streams[0] + streams[1]) / 2
 
     @staticmethod
-    def backward(ctx, dy1, dy2):
+    def backward(ctx, dy):
         saved = ctx.saved_tensors
-        y1, y2 = saved[0], saved[1]
         kw_saved = saved[2:]
         kw_values = [t if t is not None else o for t, o in zip(kw_saved, ctx.kw_other)]
         # Keyword tensors that need gradients (an encoder's output, for example) get leaf stand-ins.
@@ -123,14 +136,15 @@ class _ReversibleFunction(torch.autograd.Function):
         kw_grads = [None] * len(kw_grad_inputs)
         param_grads: list[Tensor | None] = [None] * len(ctx.param_index)
 
-        # Private copies, updated in place layer by layer: one buffer per stream and per gradient.
-        streams = [y1.clone(), y2.clone()]
-        grads = [torch.zeros_like(y1) if dy is None else dy.clone() for dy in (dy1, dy2)]
+        # The saved final streams are private to this function: rebuilt in place, layer by layer (a second
+        # backward through the same graph then fails loudly on their version counters).
+        streams = [saved[0], saved[1]]
+        grads = [dy * 0.5, dy * 0.5]  # d(mean)/d(stream)
         for i in reversed(range(len(ctx.branches))):
             branch = ctx.branches[i]
             out_s, in_s = i % 2, 1 - i % 2  # the branch read stream in_s and added to stream out_s
             params = [p for p in branch.parameters() if id(p) in ctx.param_index]
-            with ctx.states[i].replay(), torch.enable_grad():
+            with ctx.states[i].replay(), torch.enable_grad(), torch.autocast(**ctx.autocast):
                 chunks = getattr(branch, "chunks", 1)
                 if chunks > 1 and hasattr(branch, "forward_chunk"):
                     # Position-wise: recompute and differentiate one slice at a time, updating in place.
@@ -160,7 +174,9 @@ class _ReversibleFunction(torch.autograd.Function):
 
         kw_grad_iter = iter(kw_grads)
         kw_out = [next(kw_grad_iter) if isinstance(t, Tensor) and t.requires_grad else None for t in kw_leaves]
-        return (grads[0], grads[1], None, None, None, *kw_out, *param_grads)
+        dx = grads[0].add_(grads[1])  # both streams started as x
+        del grads, streams
+        return (dx, None, None, None, *kw_out, *param_grads)
 
 
 def _accumulate(store: list, index: dict, params: list, grads) -> None:
