@@ -199,10 +199,16 @@ class ReformerLM(nn.Module):
 
     def hidden(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """tokens (B, T) -> final hidden states (B, T, d_model), after the last norm."""
+        return self.norm(self._trunk(tokens, mask))
+
+    def _trunk(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
+        # tokens (B, T) -> the layers' output (B, T, d_model), before the last norm
         check_tokens(tokens, self.config.vocab_size)
         attn_mask = check_key_mask(mask, tokens, "mask")  # (B, 1, 1, T) or None
-        x = self.embed(tokens)
-        return self.norm(self.layers(x, mask=attn_mask))
+        return self.layers(self.embed(tokens), mask=attn_mask)
+
+    def _head(self, h: Tensor) -> Tensor:
+        return self.lm_head(self.norm(h))
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """tokens (B, T) -> logits (B, T, vocab_size). ``mask`` (B, T) marks real tokens (True)."""
@@ -213,11 +219,12 @@ class ReformerLM(nn.Module):
 
         Targets that are padding (``mask`` False) are left out.
         """
-        h = self.hidden(tokens, mask)[:, :-1]  # (B, T - 1, d_model)
+        h = self._trunk(tokens, mask)[:, :-1]  # (B, T - 1, d_model)
         targets = tokens[:, 1:]
         if mask is not None:
             targets = targets.masked_fill(~mask[:, 1:], -100)
-        return chunked_cross_entropy(h, self.lm_head, targets, chunks=self.config.loss_chunks)
+        # The last norm runs inside the loss's slices too, so its output is never held whole.
+        return chunked_cross_entropy(h, self._head, targets, chunks=self.config.loss_chunks)
 
     @torch.no_grad()
     def generate(

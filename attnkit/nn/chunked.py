@@ -9,6 +9,8 @@ are alive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -66,7 +68,7 @@ class ChunkedFeedForward(nn.Module):
 
 def chunked_cross_entropy(
     hidden: Tensor,
-    head: nn.Module,
+    head: Callable[[Tensor], Tensor],
     targets: Tensor,
     *,
     chunks: int = 1,
@@ -77,7 +79,7 @@ def chunked_cross_entropy(
 
     Args:
         hidden: (B, L, d_model) final hidden states.
-        head: the output projection, (..., d_model) -> (..., vocab).
+        head: the output projection (a module or function), (..., d_model) -> (..., vocab).
         targets: (B, L) token ids; ``ignore_index`` marks positions left out of the loss.
         chunks: slices of positions; each slice's logits are rebuilt in backward.
         reduction: "mean" over the counted positions, or "sum".

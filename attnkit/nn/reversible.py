@@ -110,11 +110,18 @@ class _ReversibleFunction(torch.autograd.Function):
         kw_values, params = rest[:n_kw], rest[n_kw:]
         kwargs = dict(zip(names, kw_values))
         streams = [x.detach(), x.detach()]
+        owned = [False, False]  # a stream still aliasing x gets a new tensor, then is updated in place
         states = []
         with torch.no_grad():
             for i, branch in enumerate(branches):
                 states.append(_RNGState(x.device))
-                streams[i % 2] = streams[i % 2] + _call(branch, streams[1 - i % 2], kwargs)
+                fx = _call(branch, streams[1 - i % 2], kwargs)
+                if owned[i % 2]:
+                    streams[i % 2].add_(fx)
+                else:
+                    streams[i % 2] = streams[i % 2] + fx
+                    owned[i % 2] = True
+                del fx
         ctx.branches, ctx.names, ctx.states, ctx.n_kw = branches, names, states, n_kw
         ctx.autocast = _autocast_state(x.device.type)
         ctx.param_index = {id(p): j for j, p in enumerate(params)}
