@@ -658,11 +658,11 @@ def _run_heads(fn, N: int, device) -> None:
         with torch.no_grad():  # grad mode is per thread: the workers' ops are never recorded
             fn(ns)
 
-    workers = min(threads, N)
     torch.set_num_threads(1)
     try:
+        # One task per head, taken by whichever worker is free: a core slowed by other work takes fewer.
         pool = _pool(threads)
-        for f in [pool.submit(work, range(w, N, workers)) for w in range(workers)]:
+        for f in [pool.submit(work, [n]) for n in range(N)]:
             f.result()
     finally:
         torch.set_num_threads(threads)
