@@ -113,7 +113,7 @@ class _FusedLSH(torch.autograd.Function):
                 H, L, n_buckets, n_chunks, scale,
                 C=chunk, D=D, DV=Dv, BLOCK=_blocks(chunk), BLOCK_D=_blocks(D), BLOCK_DV=_blocks(Dv),
                 CAUSAL=causal, ACROSS=across, FIRST=r == 0, LAST=r == R - 1,
-                PRECISION=_precision(qk.dtype),
+                PRECISION=_precision(qk.dtype), num_warps=4,
             )
         out = out.to(v.dtype)
         ctx.save_for_backward(qk, v, order, code, out, lse)
@@ -150,6 +150,7 @@ class _FusedLSH(torch.autograd.Function):
                 H, L, n_buckets, n_chunks, scale,
                 C=chunk, D=D, DVD=Dv, BLOCK=_blocks(chunk), BLOCK_D=_blocks(D), BLOCK_DV=_blocks(Dv),
                 CAUSAL=causal, ACROSS=across, FIRST=r == 0, PRECISION=_precision(qk.dtype),
+                num_warps=8,  # about a dozen (C, D) fp32 tiles live at once: spread them over more threads
             )
         # A real token with no pair: out = v, so dv += dO (padding tokens have lse = -inf too).
         if ctx.valid is not None:
