@@ -98,3 +98,11 @@ def test_auto_on_cpu_stays_chunked():
     a = lsh_attention(qk, v, bucket_size=16, seed=2, impl="auto")
     b = lsh_attention(qk, v, bucket_size=16, seed=2, impl="chunked")
     assert torch.equal(a, b)
+
+
+def test_fused_head_width_that_is_not_a_power_of_two():
+    qk, v = inputs(1, 2, 40, 24, Dv=20)
+    grad = torch.randn(1, 2, 40, 20, device=DEVICE)
+    kw = dict(n_hashes=2, bucket_size=16, causal=True, seed=9)
+    for a, b in zip(run(qk, v, grad, impl="fused", **kw), run(qk, v, grad, impl="chunked", **kw)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
