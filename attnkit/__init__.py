@@ -10,7 +10,7 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import functional, models, nn
-from . import interop  # attaches from_pretrained/save_pretrained to the models
+from . import interop
 
 __version__ = "0.1.0"
 __all__ = ["functional", "interop", "models", "nn", "__version__"]

@@ -229,3 +229,46 @@ def test_bad_tokens_raise_clear_errors():
         lm.generate(torch.zeros(1, 0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="exceeds max_len"):
         lm.generate(torch.zeros(1, 60, dtype=torch.long), 10)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(positional="rotary", norm="rms", activation="swiglu", bias=False, n_kv_heads=2),
+        dict(positional="rotary", norm="rms", activation="swiglu", bias=True, n_kv_heads=1, d_head=12),
+        dict(positional="learned", norm="layer", activation="gelu"),
+        dict(positional="sinusoidal", norm="layer", activation="relu", norm_first=False),
+    ],
+    ids=["llama-gqa", "llama-mqa-bias", "gpt", "post-norm"],
+)
+def test_generation_step_equals_step(options):
+    """TransformerLM._decode (the step generate() uses, written out for single-token decoding) gives
+    step()'s last-position logits and the same cache."""
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerLMConfig(
+        vocab_size=50, d_model=48, n_heads=4, n_layers=3, d_ff=64, max_len=64, dropout=0.1, **options
+    )).eval()
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    tokens = torch.randint(0, 50, (3, 9))
+    with torch.no_grad():
+        logits, cache = model.step(tokens[:, :5])
+        fast_logits, fast_cache = model._decode(tokens[:, :5], None)
+        assert torch.allclose(fast_logits, logits[:, -1:], atol=1e-6)
+        for t in range(5, 9):
+            logits, cache = model.step(tokens[:, t : t + 1], cache)
+            fast_logits, fast_cache = model._decode(tokens[:, t : t + 1], fast_cache)
+            assert torch.allclose(fast_logits, logits, atol=1e-5), t
+            for (a, _), (b, _) in zip(cache, fast_cache):
+                assert torch.allclose(a.k, b.k, atol=1e-6) and torch.allclose(a.v, b.v, atol=1e-6)
+        assert torch.equal(model.generate(tokens[:, :4], 8)[:, 4:], greedy_with_step(model, tokens[:, :4], 8))
+
+
+def greedy_with_step(model, prompt, n):
+    logits, cache = model.step(prompt)
+    out = []
+    for _ in range(n):
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(token)
+        logits, cache = model.step(token, cache)
+    return torch.cat(out, dim=1)

@@ -7,6 +7,7 @@ impl="fused")`` calls it, and ``impl="auto"`` does on CUDA when Triton is instal
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -17,12 +18,8 @@ _DELTA_BLOCK = 1 << 16  # tokens per step when computing dO . O (bounds the temp
 
 
 def triton_available() -> bool:
-    """Whether Triton can be imported."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether Triton is installed."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def interpreting() -> bool:

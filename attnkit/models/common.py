@@ -114,3 +114,14 @@ def make_blocks(n_layers: int, **block_args) -> nn.ModuleList:
 
 def cache_length(caches) -> int:
     return 0 if caches is None else caches[0][0].length
+
+
+class SavePretrainedMixin:
+    """``save_pretrained(path)``: write the model as a Hugging Face folder (see attnkit.interop)."""
+
+    def save_pretrained(self, path, *, tokenizer=None):
+        """Write this model as a folder that transformers loads (config.json, safetensors, and the
+        tokenizer if given). See :func:`attnkit.interop.save_pretrained`."""
+        from ..interop import save_pretrained  # interop imports the models: import it when used
+
+        return save_pretrained(self, path, tokenizer=tokenizer)

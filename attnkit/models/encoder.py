@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
 from ..nn import make_norm
 from ..nn.layers import ACTIVATIONS, activation_fn
-from .common import POSITIONALS, Embeddings, check_key_mask, check_tokens, make_blocks, run_blocks
+from .common import POSITIONALS, Embeddings, SavePretrainedMixin, check_key_mask, check_tokens, make_blocks, run_blocks
 
 
 @dataclass
@@ -42,12 +42,20 @@ class TransformerEncoderConfig(Config):
             raise ValueError(f"n_token_types must be >= 0, got {self.n_token_types}")
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(SavePretrainedMixin, nn.Module):
     """Bidirectional encoder: every position attends to every (unpadded) position.
 
     ``forward(tokens, mask=None) -> hidden states (B, T, d_model)``; put a :class:`MaskedLMHead` or a
-    :class:`SequenceClassificationHead` on top.
+    :class:`SequenceClassificationHead` on top. ``from_pretrained`` loads BERT-family weights.
     """
+
+    @classmethod
+    def from_pretrained(cls, path, *, dtype=None) -> TransformerEncoder:
+        """Load a BERT-family Hugging Face folder (config.json + safetensors) in eval mode.
+        See :func:`attnkit.interop.load_pretrained`."""
+        from ..interop import load_pretrained
+
+        return load_pretrained(path, expect=TransformerEncoder, **({} if dtype is None else {"dtype": dtype}))
 
     def __init__(self, config: TransformerEncoderConfig):
         super().__init__()

@@ -14,7 +14,9 @@ from ..generation import beam_search, check_prompt, generate
 from ..nn import KVCache, RMSNorm, make_norm
 from ..nn.block import BlockCache
 from ..nn.layers import ACTIVATIONS
-from .common import POSITIONALS, Embeddings, cache_length, check_key_mask, check_tokens, make_blocks, run_blocks
+from .common import (
+    POSITIONALS, Embeddings, SavePretrainedMixin, cache_length, check_key_mask, check_tokens, make_blocks, run_blocks,
+)
 
 
 @dataclass
@@ -49,12 +51,21 @@ class TransformerLMConfig(Config):
 LMCache = list[BlockCache]
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(SavePretrainedMixin, nn.Module):
     """Causal language model: embeddings, n_layers causal blocks, (final norm), output projection.
 
     ``forward(tokens) -> logits`` for training; ``step(tokens, cache) -> (logits, cache)`` for
-    incremental decoding with an explicit KV cache; ``generate`` for text.
+    incremental decoding with an explicit KV cache; ``generate`` for text; ``from_pretrained`` loads
+    Llama-family weights (Hugging Face folders or GGUF files).
     """
+
+    @classmethod
+    def from_pretrained(cls, path, gguf_file=None, *, dtype=None) -> TransformerLM:
+        """Load a Llama-family Hugging Face folder, or a GGUF file (``gguf_file`` inside ``path``, or
+        ``path`` itself), in eval mode. See :func:`attnkit.interop.load_pretrained`."""
+        from ..interop import load_pretrained
+
+        return load_pretrained(path, gguf_file, expect=TransformerLM, **({} if dtype is None else {"dtype": dtype}))
 
     def __init__(self, config: TransformerLMConfig):
         super().__init__()
