@@ -489,10 +489,11 @@ def _token_major(B: int, H: int, L: int, D: int, **kwargs) -> Tensor:
 class _LSHAttentionFunction(torch.autograd.Function):
     """Chunked LSH attention over (B, H, L, D).
 
-    Saves the inputs, the sort orders, the output and each token's log-sum-exp over all rounds; backward
-    recomputes each slice's scores, and since the rounds together are one softmax over the pairs they
-    found, each pair's weight is exp(s - lse). Each slice gathers its own rows and scatters its results
-    back by position, so no sorted copy of a whole sequence is ever made.
+    Saves the inputs, the sort orders, the output, each token's log-sum-exp over all rounds and its
+    log-sum-exp in each round (sorted order); backward recomputes each slice's scores, and the share
+    exp(lse_round - lse) turns the within-round softmax into that round's part of the whole. Each slice
+    gathers its own rows and scatters its results back by position, so no sorted copy of a whole
+    sequence is ever made.
     """
 
     @staticmethod
@@ -506,10 +507,10 @@ class _LSHAttentionFunction(torch.autograd.Function):
         device = qk.device
         out = _token_major(B, H, L, Dv, dtype=cdt, device=device)
         lse = torch.empty(B, H, L, dtype=sdt, device=device)
+        lse_rounds = torch.empty(B * H, R, plan.padded_length, dtype=sdt, device=device)  # sorted order
         S = min(_slice_chunks(C), plan.n_chunks)
 
         def heads(ns):
-            lse_rows = torch.empty(S * C, dtype=sdt, device=device)  # one slice's log-sum-exp in this round
             q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
             k_rows = torch.empty_like(q_rows)
             v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
@@ -533,7 +534,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         mx = s.amax(dim=-1)  # (m, C)
                         p = rd.probabilities(s, mx == float("-inf"))
                         # The largest weight is exp(max - lse), which gives the log-sum-exp.
-                        lse_s = torch.sub(mx, p.amax(dim=-1).log_(), out=lse_rows[: m * C].view(m, C))
+                        lse_s = torch.sub(mx, p.amax(dim=-1).log_(), out=rd.rows(lse_rounds[n, r], c0, c1))
                         if cfg.dropout_p > 0.0:
                             p = rd.dropout(p, n, r, c0)
                         o = torch.bmm(p, rd.window(vr)).view(m * C, Dv)  # (m C, Dv), sorted
@@ -549,14 +550,14 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 out_n.index_copy_(0, alone, v_n.index_select(0, alone))
 
         _run_heads(heads, B * H, device)
-        ctx.save_for_backward(qk, v, order, code, where, valid, out, lse)
+        ctx.save_for_backward(qk, v, order, code, where, valid, out, lse, lse_rounds)
         ctx.cfg = cfg
         return out.to(v.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        qk, v, order, code, where, valid, out, lse = ctx.saved_tensors
+        qk, v, order, code, where, valid, out, lse, lse_rounds = ctx.saved_tensors
         cfg = ctx.cfg
         B, H, L, D = qk.shape
         Dv = v.shape[-1]
@@ -602,11 +603,17 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         vr = rd.gather(v_n, c0, c1, v_rows)
                         q_s = qr[C:].view(m, C, D)
                         src = rd.src[(c0 + 1) * C : (c1 + 1) * C]  # the slice's query rows
-                        do_s = do_n.index_select(0, src).view(m, C, Dv)
-                        delta_s = delta_n.index_select(0, src).view(m, C, 1)
-                        # Each pair's weight in the softmax over all rounds: exp(s - lse), lse over all rounds.
+                        # Each pair's weight in the softmax over all rounds is its weight within the round
+                        # times the round's share, exp(lse_round - lse): dO and D are scaled by the share.
+                        # (exp of arguments below about -87 leaves the vectorized kernel for a scalar path
+                        # ~10x slower: clamp, and set the share of rows empty in this round to zero exactly.)
+                        lse_rs = lse_rounds[n, r, c0 * C : c1 * C]
+                        empty = lse_rs == float("-inf")
+                        share = (lse_rs - lse_n.index_select(0, src)).clamp_min_(-80.0).exp_().masked_fill_(empty, 0.0)
+                        do_s = do_n.index_select(0, src).mul_(share[:, None].to(cdt)).view(m, C, Dv)
+                        delta_s = delta_n.index_select(0, src).mul_(share).view(m, C, 1)
                         s = rd.scores(q_s, kr, c0, c1)
-                        p = s.sub_(lse_n.index_select(0, src).view(m, C, 1)).exp_()  # (m, C, 2C)
+                        p = rd.probabilities(s, empty.view(m, C))  # (m, C, 2C), within the round
                         dp = torch.bmm(do_s, rd.window(vr).transpose(1, 2))  # (m, C, 2C)
                         if cfg.dropout_p > 0.0:
                             p_drop = rd.dropout(p, n, r, c0)
