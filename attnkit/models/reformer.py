@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
 from ..nn import MultiHeadAttention, make_norm
 from ..nn.axial import AxialPositionalEmbedding, axial_shape
-from ..nn.chunked import ChunkedFeedForward, chunked_cross_entropy
+from ..nn.chunked import ChunkedFeedForward, chunked_cross_entropy, run_chunked
 from ..nn.layers import ACTIVATIONS
 from ..nn.lsh import LSHSelfAttention
 from ..nn.reversible import ReversibleSequence
@@ -32,7 +32,8 @@ class ReformerConfig(Config):
 
     ``attn_layers`` lists attention kinds ("lsh" or "full") cycled over the layers: ``("lsh",)`` makes
     every layer LSH, ``("lsh", "full")`` alternates. ``ff_chunks`` and ``loss_chunks`` run the
-    feed-forward layers and the output projection + loss in slices of positions. ``axial_shape``
+    feed-forward layers (and the LSH layers' norm and projections) and the output projection + loss in
+    slices of positions. ``axial_shape``
     (n_1, n_2) with n_1 * n_2 >= max_len lays out the axial positional embedding (default near-square).
     The encoder-decoder reads ``src_vocab_size`` (default ``vocab_size``) and ``n_decoder_layers``
     (default ``n_layers``); its encoder attention is bidirectional and its decoder's encoder/decoder
@@ -111,7 +112,7 @@ class _SelfAttentionBranch(nn.Module):
 
     def __init__(self, c: ReformerConfig, kind: str, causal: bool):
         super().__init__()
-        self.kind = kind
+        self.kind, self.chunks = kind, c.ff_chunks
         self.norm = make_norm(c.norm, c.d_model, c.norm_eps)
         if kind == "lsh":
             self.attn = LSHSelfAttention(
@@ -124,9 +125,20 @@ class _SelfAttentionBranch(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, **_) -> Tensor:
-        h = self.norm(x)
-        y = self.attn(h, mask=mask) if self.kind == "lsh" else self.attn(h, mask=mask)[0]
+        if self.kind == "lsh" and self.chunks > 1:
+            # The norm and the projections are position-wise: run them in slices (checkpointed), so the
+            # norm's output is never held for the whole sequence, only the projections.
+            qk, v = run_chunked(self._project, x, self.chunks)  # 2 x (B, L, H * D)
+            y = self.attn.attend(qk, v, mask=mask)
+        elif self.kind == "lsh":
+            y = self.attn(self.norm(x), mask=mask)
+        else:
+            y = self.attn(self.norm(x), mask=mask)[0]
         return self.dropout(y)
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.norm(x)
+        return self.attn.qk_proj(h), self.attn.v_proj(h)
 
 
 class _CrossAttentionBranch(nn.Module):

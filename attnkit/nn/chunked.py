@@ -19,15 +19,20 @@ from torch.utils.checkpoint import checkpoint
 from .layers import FeedForward, make_norm
 
 
-def run_chunked(fn, x: Tensor, chunks: int, dim: int = -2) -> Tensor:
+def run_chunked(fn, x: Tensor, chunks: int, dim: int = -2):
     """``fn`` applied to ``chunks`` slices of x along ``dim`` and concatenated; ``fn`` must be
-    position-wise along ``dim``. Checkpointed per slice when gradients are being recorded."""
+    position-wise along ``dim`` and return a tensor or a tuple of tensors (each concatenated).
+    Checkpointed per slice when gradients are being recorded."""
     if chunks <= 1 or x.shape[dim] <= 1:
         return fn(x)
     pieces = x.chunk(chunks, dim=dim)
     if torch.is_grad_enabled():
-        return torch.cat([checkpoint(fn, p, use_reentrant=False) for p in pieces], dim=dim)
-    return torch.cat([fn(p) for p in pieces], dim=dim)
+        outs = [checkpoint(fn, p, use_reentrant=False) for p in pieces]
+    else:
+        outs = [fn(p) for p in pieces]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts, dim=dim) for parts in zip(*outs))
+    return torch.cat(outs, dim=dim)
 
 
 class ChunkedFeedForward(nn.Module):

@@ -68,11 +68,19 @@ class LSHSelfAttention(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, L, d_model={self.d_model}), got {shape}")
-        B, L, _ = x.shape
+        return self.attend(self.qk_proj(x), self.v_proj(x), mask=mask, seed=seed)
+
+    def attend(self, qk: Tensor, v: Tensor, mask: Tensor | None = None, seed: int | None = None) -> Tensor:
+        """The attention after the projections: qk, v (B, L, n_heads * d_head) -> y (B, L, d_model).
+
+        Lets a caller compute the projections itself (a reversible branch runs its norm and these
+        projections in slices of positions, so their inputs are never held whole).
+        """
+        B, L, _ = qk.shape
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item()) if self.training else self.eval_seed
-        qk = self.qk_proj(x).view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, D)
-        v = self.v_proj(x).view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, D)
+        qk = qk.view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, D)
+        v = v.view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, D)
         y = lsh_attention(
             qk,
             v,
@@ -86,7 +94,7 @@ class LSHSelfAttention(nn.Module):
             attend_across_buckets=self.attend_across_buckets,
             dedup=self.dedup,
             dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, L, D), laid out token-major by the chunked path, so the next line is a view
+        )  # (B, H, L, D), laid out token-major by the chunked and fused paths, so the next line is a view
         y = y.transpose(1, 2).reshape(B, L, self.n_heads * self.d_head)  # (B, L, H * D)
         return self.out_proj(y)
 
