@@ -467,6 +467,24 @@ class _Round:
         return p * keep * (1.0 / (1.0 - self.cfg.dropout_p))
 
 
+class _SliceRows:
+    """A worker's buffers for one slice's rows (chunks c0 - 1 .. c1 - 1): queries, keys, values and the
+    keys' scale factors, reused from slice to slice."""
+
+    def __init__(self, S: int, C: int, D: int, Dv: int, dtype, device):
+        n = (S + 1) * C
+        self.q = torch.empty(n, D, dtype=dtype, device=device)
+        self.k = torch.empty_like(self.q)
+        self.v = torch.empty(n, Dv, dtype=dtype, device=device)
+        self.key_scale = torch.empty(n, 1, dtype=dtype, device=device)
+
+    def load(self, rd: _Round, q: Tensor, key_scale: Tensor, v: Tensor, c0: int, c1: int):
+        """Gather the slice's rows: (qr, kr, vr), each ((c1 - c0 + 1) C, ...), with kr = qr * key_scale."""
+        qr = rd.gather(q, c0, c1, self.q)
+        kr = torch.mul(qr, rd.gather(key_scale, c0, c1, self.key_scale), out=self.k[: qr.shape[0]])
+        return qr, kr, rd.gather(v, c0, c1, self.v)
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
@@ -511,10 +529,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         S = min(_slice_chunks(C), plan.n_chunks)
 
         def heads(ns):
-            q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
-            k_rows = torch.empty_like(q_rows)
-            v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
-            ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
+            rows = _SliceRows(S, C, D, Dv, cdt, device)
             for n in ns:
                 b, h = divmod(n, H)
                 q_n = qk[b, h].to(cdt)  # (L, D)
@@ -527,9 +542,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                     rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
                     for c0, c1 in _slices(plan.n_chunks, C):
                         m = c1 - c0
-                        qr = rd.gather(q_n, c0, c1, q_rows)  # ((m + 1) C, D): chunks c0 - 1 .. c1 - 1
-                        kr = torch.mul(qr, rd.gather(key_scale, c0, c1, ks_rows), out=k_rows[: (m + 1) * C])
-                        vr = rd.gather(v_n, c0, c1, v_rows)
+                        qr, kr, vr = rows.load(rd, q_n, key_scale, v_n, c0, c1)
                         s = rd.scores(qr[C:].view(m, C, D), kr, c0, c1)  # (m, C, 2C)
                         mx = s.amax(dim=-1)  # (m, C)
                         p = rd.probabilities(s, mx == float("-inf"))
@@ -577,19 +590,17 @@ class _LSHAttentionFunction(torch.autograd.Function):
         S = min(_slice_chunks(C), plan.n_chunks)
 
         def heads(ns):
-            q_rows = torch.empty((S + 1) * C, D, dtype=cdt, device=device)
-            k_rows = torch.empty_like(q_rows)
-            v_rows = torch.empty((S + 1) * C, Dv, dtype=cdt, device=device)
-            ks_rows = torch.empty((S + 1) * C, 1, dtype=cdt, device=device)
-            dk_rows = torch.empty_like(q_rows)
-            dv_rows = torch.empty_like(v_rows)
+            rows = _SliceRows(S, C, D, Dv, cdt, device)
+            dk_rows = torch.empty_like(rows.q)
+            dv_rows = torch.empty_like(rows.v)
             for n in ns:
                 b, h = divmod(n, H)
                 q_n = qk[b, h].to(cdt)
                 key_scale = _key_scale(q_n, cfg.scale)  # (L, 1)
                 v_n = v[b, h].to(cdt)
                 do_n = grad_out[b, h]  # (L, Dv)
-                delta_n = torch.bmm(do_n[:, None, :], out[b, h][:, :, None]).view(L).to(lse.dtype)  # D_i = dO_i . O_i
+                # D_i = dO_i . O_i, as (L) batched dot products (no (L, Dv) temporary)
+                delta_n = torch.bmm(do_n[:, None, :], out[b, h][:, :, None]).view(L).to(lse.dtype)
                 lse_n = lse[b, h]
                 dq_acc, dv_acc = dq[b, h], dv[b, h]
                 dq_acc.zero_()
@@ -598,9 +609,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                     rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
                     for c0, c1 in _slices(plan.n_chunks, C):
                         m = c1 - c0
-                        qr = rd.gather(q_n, c0, c1, q_rows)
-                        kr = torch.mul(qr, rd.gather(key_scale, c0, c1, ks_rows), out=k_rows[: (m + 1) * C])
-                        vr = rd.gather(v_n, c0, c1, v_rows)
+                        qr, kr, vr = rows.load(rd, q_n, key_scale, v_n, c0, c1)
                         q_s = qr[C:].view(m, C, D)
                         src = rd.src[(c0 + 1) * C : (c1 + 1) * C]  # the slice's query rows
                         # Each pair's weight in the softmax over all rounds is its weight within the round
@@ -609,7 +618,8 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         # ~10x slower: clamp, and set the share of rows empty in this round to zero exactly.)
                         lse_rs = lse_rounds[n, r, c0 * C : c1 * C]
                         empty = lse_rs == float("-inf")
-                        share = (lse_rs - lse_n.index_select(0, src)).clamp_min_(-80.0).exp_().masked_fill_(empty, 0.0)
+                        share = (lse_rs - lse_n.index_select(0, src)).clamp_min_(-80.0).exp_()
+                        share.masked_fill_(empty, 0.0)  # (m C,)
                         do_s = do_n.index_select(0, src).mul_(share[:, None].to(cdt)).view(m, C, Dv)
                         delta_s = delta_n.index_select(0, src).mul_(share).view(m, C, 1)
                         s = rd.scores(q_s, kr, c0, c1)
@@ -628,7 +638,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         dk = _fold(torch.bmm(ds.transpose(1, 2), q_s), dk_rows, m, C)  # dK = dS^T Q
                         # Through the keys' normalization, k = q * s / |q| with s = scale: per row,
                         # dq = (s / |q|) (dk - u (u . dk)), u = q / |q|; ks = s / |q| is key_scale.
-                        ks = ks_rows[: (m + 1) * C]
+                        ks = rows.key_scale[: (m + 1) * C]
                         proj = (qr * dk).sum(-1, keepdim=True).mul_(ks.square() / cfg.scale**2)
                         dk.sub_(qr * proj).mul_(ks)
                         dk[C:] += dq_s  # the slice's queries are the window's last m chunks
@@ -637,9 +647,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         skip = C if c0 == 0 else 0  # the empty chunk in front of chunk 0
                         dq_acc.index_add_(0, pos_k, dk[skip : skip + pos_k.numel()])
                         dv_acc.index_add_(0, pos_k, dv_rows[skip : skip + pos_k.numel()])
-                # Through the keys' normalization, k = q * scale / |q|: dq += (dk - u (u . dk)) * scale / |q|
-                # with u = q / |q|, i.e. dq += key_scale * (dk - q (q . dk) * key_scale^2 / scale^2).
-                alone = lonely[b, h].nonzero().squeeze(1)
+                alone = lonely[b, h].nonzero().squeeze(1)  # passed their own value through: dV += dO
                 dv_acc.index_add_(0, alone, do_n.index_select(0, alone))
 
         _run_heads(heads, B * H, device)

@@ -32,7 +32,8 @@ import triton.language as tl
 @triton.jit
 def _load_rows(base, pos, ok, s_l, s_d, offs_d, D: tl.constexpr):
     """Rows ``pos`` of a (L, D) matrix at ``base`` -> (BLOCK, BLOCK_D), zeros where not ``ok``."""
-    return tl.load(base + pos[:, None] * s_l + offs_d[None, :] * s_d, mask=ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    mask = ok[:, None] & (offs_d[None, :] < D)
+    return tl.load(base + pos[:, None] * s_l + offs_d[None, :] * s_d, mask=mask, other=0.0)
 
 
 @triton.jit

@@ -45,7 +45,8 @@ class ReversibleSequence(nn.Module):
     def forward(self, x: Tensor, **kwargs) -> Tensor:
         """x (B, L, d_model) -> (B, L, d_model): both streams start as x; the result is their mean."""
         if not isinstance(x, Tensor) or x.dim() < 2:
-            raise ValueError(f"x must be a tensor of shape (B, L, d_model), got {getattr(x, 'shape', type(x).__name__)}")
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be a tensor of shape (B, L, d_model), got {got}")
         if not self.reversible or not torch.is_grad_enabled():
             streams = [x, x]
             for i, branch in enumerate(self.branches):
