@@ -147,3 +147,23 @@ def test_encoder_decoder_reversible_equals_plain():
         m(src, tgt).logsumexp(-1).sum().backward()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("reversible", [True, False])
+def test_chunking_changes_memory_not_results(reversible):
+    # ff_chunks slices the feed-forward branches and the LSH branches' norm and projections, and
+    # loss_chunks the last norm, output projection and loss: values and gradients stay the same.
+    def run(chunks):
+        torch.manual_seed(0)
+        model = ReformerLM(_config(reversible=reversible, ff_chunks=chunks, loss_chunks=chunks)).double()
+        tokens = torch.randint(0, 37, (2, 50))
+        torch.manual_seed(1)  # the same hash seeds in both runs
+        loss = model.loss(tokens)
+        loss.backward()
+        return loss, [p.grad for p in model.parameters()]
+
+    loss1, grads1 = run(1)
+    loss4, grads4 = run(4)
+    torch.testing.assert_close(loss4, loss1, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads4, grads1):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
