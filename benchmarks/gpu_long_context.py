@@ -248,7 +248,12 @@ def main(argv=None) -> None:
     summary["longest_in_budget"] = f"{max(in_budget):,} tokens" if in_budget else f"under {args.lm_length:,} tokens"
     if fits:
         last = fits[-1]["length"]
-        stopped = "out of memory at twice that" if rows[-1].get("error") else "search stopped by --max-step-s"
+        if args.no_search:
+            stopped = "no search: --no-search"
+        elif rows[-1].get("error"):
+            stopped = "out of memory at twice that"
+        else:
+            stopped = "search stopped by --max-step-s"
         summary["longest_on_card"] = f"{last:,} tokens ({stopped})"
     meta["wall_s"] = time.perf_counter() - t_start
     out = Path(args.out)
