@@ -30,6 +30,16 @@ import triton.language as tl
 
 
 @triton.jit
+def _program(ORDER, CODE, s_order_n, s_order_r, r, H):
+    """This program's chunk c and sequence n = b * H + h, and round r's sort tables for it."""
+    c = tl.program_id(0)
+    n = tl.program_id(1)
+    order = ORDER + n * s_order_n + r * s_order_r
+    code = CODE + n * s_order_n + r * s_order_r
+    return c, n, n // H, n % H, order, code
+
+
+@triton.jit
 def _load_rows(base, pos, ok, s_l, s_d, offs_d, D: tl.constexpr):
     """Rows ``pos`` of a (L, D) matrix at ``base`` -> (BLOCK, BLOCK_D), zeros where not ``ok``."""
     mask = ok[:, None] & (offs_d[None, :] < D)
@@ -88,15 +98,11 @@ def lsh_forward_kernel(
     CAUSAL: tl.constexpr, ACROSS: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    n = tl.program_id(1)
-    b, h = n // H, n % H
+    c, n, b, h, order, code = _program(ORDER, CODE, s_order_n, s_order_r, r, H)
     qk = QK + b * s_qb + h * s_qh
     v = V + b * s_vb + h * s_vh
     out = OUT + b * s_ob + h * s_oh
     lse_ptr = LSE + n * L
-    order = ORDER + n * s_order_n + r * s_order_r
-    code = CODE + n * s_order_n + r * s_order_r
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -161,16 +167,12 @@ def lsh_backward_kernel(
     CAUSAL: tl.constexpr, ACROSS: tl.constexpr, FIRST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    n = tl.program_id(1)
-    b, h = n // H, n % H
+    c, n, b, h, order, code = _program(ORDER, CODE, s_order_n, s_order_r, r, H)
     qk = QK + b * s_qb + h * s_qh
     v = V + b * s_vb + h * s_vh
     do = DO + b * s_gb + h * s_gh
     lse_ptr = LSE + n * L  # total log-sum-exp; +inf where a token has no pair, so its weights are 0
     delta_ptr = DELTA + n * L
-    order = ORDER + n * s_order_n + r * s_order_r
-    code = CODE + n * s_order_n + r * s_order_r
     offs = tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
