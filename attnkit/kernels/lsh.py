@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..functional.lsh import _token_major
+
 _DELTA_BLOCK = 1 << 16  # tokens per step when computing dO . O (bounds the temporary)
 
 
@@ -83,14 +85,6 @@ def _precision(dtype: torch.dtype) -> str:
     return "upcast" if interpreting() and dtype == torch.bfloat16 else "tf32"  # tf32: ignored for halves
 
 
-def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float32, torch.float64) else dtype
-
-
-def _token_major(B: int, H: int, L: int, D: int, **kwargs) -> Tensor:
-    return torch.zeros(B, L, H, D, **kwargs).permute(0, 2, 1, 3)
-
-
 class _FusedLSH(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qk, v, order, code, valid, cfg):
@@ -100,7 +94,8 @@ class _FusedLSH(torch.autograd.Function):
         B, H, L, D = qk.shape
         Dv = v.shape[-1]
         R = order.shape[1]
-        out = _token_major(B, H, L, Dv, dtype=_accumulator_dtype(v.dtype), device=qk.device)
+        # The running output across rounds is kept in v's dtype; padding tokens are never written (zeros).
+        out = _token_major(B, H, L, Dv, dtype=v.dtype, device=qk.device).zero_()
         lse = torch.full((B * H, L), float("-inf"), dtype=torch.float32, device=qk.device)
         for r in range(R):
             lsh_forward_kernel[(n_chunks, B * H)](
@@ -112,7 +107,6 @@ class _FusedLSH(torch.autograd.Function):
                 CAUSAL=causal, ACROSS=across, FIRST=r == 0, LAST=r == R - 1,
                 PRECISION=_precision(qk.dtype), num_warps=4,
             )
-        out = out.to(v.dtype)
         ctx.save_for_backward(qk, v, order, code, out, lse)
         ctx.valid, ctx.cfg = valid, cfg
         return out
@@ -136,9 +130,8 @@ class _FusedLSH(torch.autograd.Function):
             t1 = min(t0 + _DELTA_BLOCK, L)
             prod = grad_out[:, :, t0:t1].float() * out[:, :, t0:t1].float()
             delta[:, t0:t1] = prod.sum(-1).reshape(B * H, t1 - t0)
-        acc = _accumulator_dtype(qk.dtype)
-        dqk = _token_major(B, H, L, D, dtype=acc, device=qk.device)
-        dv = _token_major(B, H, L, Dv, dtype=acc, device=qk.device)
+        dqk = _token_major(B, H, L, D, dtype=qk.dtype, device=qk.device).zero_()
+        dv = _token_major(B, H, L, Dv, dtype=v.dtype, device=qk.device).zero_()
         for r in range(R):
             lsh_backward_kernel[(n_chunks, B * H)](
                 qk, v, grad_out, lse, delta, dqk, dv, order, code,
@@ -155,4 +148,4 @@ class _FusedLSH(torch.autograd.Function):
         idx = lonely.view(B, H, L).nonzero(as_tuple=True)
         if idx[0].numel():
             dv.index_put_(idx, grad_out[idx].to(dv.dtype), accumulate=True)
-        return dqk.to(qk.dtype), dv.to(v.dtype), None, None, None, None
+        return dqk, dv, None, None, None, None

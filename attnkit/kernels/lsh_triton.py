@@ -16,9 +16,9 @@ After hashing and one sort per round (done in PyTorch: ``order`` maps each sorte
   of chunks ``c`` and ``c + 1`` see it), which share the same positions; the key gradient goes through
   the keys' normalization ``k = qk * scale / |qk|`` before it is added to ``dqk``.
 
-Inputs of any float dtype are read as stored; scores, softmax and the per-round sums are fp32. The
-running output and gradients across rounds are kept in fp32 for fp32 inputs and in the input's dtype
-for fp16/bf16 (keeping a million-token fp32 copy would double the memory).
+Inputs (fp32, fp16 or bf16) are read as stored; scores, softmax and the per-round sums are fp32. The
+running output and gradients across rounds are kept in the input's dtype (for fp16/bf16, a
+million-token fp32 copy would double the memory).
 
 Runs on CUDA, and on the CPU under ``TRITON_INTERPRET=1`` (how the tests check it without a GPU).
 """

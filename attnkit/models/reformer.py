@@ -125,13 +125,11 @@ class _SelfAttentionBranch(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, **_) -> Tensor:
-        if self.kind == "lsh" and self.chunks > 1:
-            # The norm and the projections are position-wise: run them in slices (checkpointed), so the
-            # norm's output is never held for the whole sequence, only the projections.
+        if self.kind == "lsh":
+            # The norm and the projections are position-wise: with chunks > 1 they run in slices
+            # (checkpointed), so the norm's output is never held for the whole sequence.
             qk, v = run_chunked(self._project, x, self.chunks)  # 2 x (B, L, H * D)
             y = self.attn.attend(qk, v, mask=mask)
-        elif self.kind == "lsh":
-            y = self.attn(self.norm(x), mask=mask)
         else:
             y = self.attn(self.norm(x), mask=mask)[0]
         return self.dropout(y)
