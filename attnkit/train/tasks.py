@@ -1,15 +1,59 @@
-"""Training tasks: deterministic batches as a function of their index, and (logits, targets)."""
+"""Training tasks: deterministic batches as a function of their index, and the loss a task is scored by.
+
+A task gives the trainer three things (the :class:`Task` protocol): ``batch(i)``, a pure function of
+``i`` and the task's seed (so a resumed run sees exactly the batches it would have seen);
+``eval_batches()``, the held-out batches; and ``loss(model, batch) -> TokenLoss(sum, count)``, the
+summed token loss and the number of tokens it counts. A model that computes its own loss
+(``owns_loss = True``, e.g. ReformerLM's chunked loss that never holds the whole logits) is trained
+through it: the task passes the targets to the model's forward.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import hashlib
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.batching import pad_sequences, random_windows, token_batches
+from ..nn.chunked import TokenLoss
 
-def _generator(seed: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+IGNORE = -100  # target id left out of every loss
+
+
+class Task(Protocol):
+    """What the trainer needs from a task."""
+
+    def batch(self, index: int) -> Any: ...
+
+    def eval_batches(self) -> Iterable[Any]: ...
+
+    def loss(self, model: torch.nn.Module, batch: Any, *, label_smoothing: float = 0.0) -> TokenLoss: ...
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any parts (a task's seed, a batch index, a purpose): distinct parts give
+    independent streams, and the same parts always the same one."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _generator(*parts: int | str) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def token_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> TokenLoss:
+    """Summed cross-entropy of (B, T, V) logits against (B, T) targets (``IGNORE`` left out), and the count."""
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE,
+                            label_smoothing=label_smoothing, reduction="sum")
+    return TokenLoss(total, (targets != IGNORE).sum())
+
+
+def owns_loss(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or the module a DDP wrapper holds) computes its token loss in its forward."""
+    return bool(getattr(getattr(model, "module", model), "owns_loss", False))
 
 
 class LanguageModelingTask:
@@ -32,22 +76,22 @@ class LanguageModelingTask:
         self.context, self.batch_size, self.seed, self.n_eval = context, batch_size, seed, eval_batches
 
     def batch(self, index: int) -> tuple[Tensor, Tensor]:
-        g = _generator(self.seed, index)
-        starts = torch.randint(0, self.train_tokens.numel() - self.context - 1, (self.batch_size,), generator=g)
-        window = torch.stack([self.train_tokens[s : s + self.context + 1] for s in starts.tolist()])
-        return window[:, :-1], window[:, 1:]  # (B, T) inputs, (B, T) targets
+        """-> inputs (B, T), targets (B, T): windows at offsets drawn from (seed, index)."""
+        return random_windows(self.train_tokens, self.batch_size, self.context, _generator(self.seed, "lm", index))
 
     def eval_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         T, B = self.context, self.batch_size
         n_windows = min((self.valid_tokens.numel() - 1) // T, self.n_eval * B)
         for i in range(0, n_windows, B):
-            rows = range(i, min(i + B, n_windows))
-            window = torch.stack([self.valid_tokens[r * T : r * T + T + 1] for r in rows])
+            rows = torch.arange(i, min(i + B, n_windows))
+            window = self.valid_tokens[rows[:, None] * T + torch.arange(T + 1)]  # (b, T + 1)
             yield window[:, :-1], window[:, 1:]
 
-    def forward(self, model, batch):
+    def loss(self, model, batch, *, label_smoothing: float = 0.0) -> TokenLoss:
         x, y = batch
-        return model(x), y
+        if owns_loss(model):
+            return model(x, targets=y, label_smoothing=label_smoothing)
+        return token_loss(model(x), y, label_smoothing)
 
 
 class Seq2SeqTask:
@@ -67,60 +111,85 @@ class Seq2SeqTask:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.batch_size, self.seed, self.max_len = batch_size, seed, max_len
         self.train, self.valid = list(train), list(valid)
-        # Batches of similar length: sort by (target, source) length once; the order of batches is
-        # shuffled per epoch from the seed, so batch(i) depends on i alone.
-        order = sorted(range(len(self.train)), key=lambda j: (len(self.train[j][1]), len(self.train[j][0]), j))
-        self.train_batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        # Batches of similar length, formed once; their order is shuffled per epoch from the seed, so
+        # batch(i) depends on i alone.
+        lengths = [max(len(s), len(t)) for s, t in self.train]
+        self.train_batches = token_batches(lengths, max_tokens=2**62, shuffle=False, max_batch_size=batch_size)
 
     def collate(self, pairs) -> tuple[Tensor, Tensor, Tensor]:
-        """-> src (B, S), tgt_in (B, T) starting with bos, tgt_out (B, T) ending with eos, -100 at padding."""
+        """-> src (B, S), tgt_in (B, T) starting with bos, tgt_out (B, T) ending with eos, IGNORE at padding."""
         L = self.max_len
         srcs = [s[:L] for s, _ in pairs]
         tgts = [t[: L - 1] for _, t in pairs]
-        S, T = max(len(s) for s in srcs), max(len(t) for t in tgts) + 1
-        src = torch.full((len(pairs), S), self.pad_id, dtype=torch.long)
-        tgt_in = torch.full((len(pairs), T), self.pad_id, dtype=torch.long)
-        tgt_out = torch.full((len(pairs), T), -100, dtype=torch.long)
-        for i, (s, t) in enumerate(zip(srcs, tgts)):
-            src[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            tgt_in[i, : len(t) + 1] = torch.tensor([self.bos_id, *t], dtype=torch.long)
-            tgt_out[i, : len(t) + 1] = torch.tensor([*t, self.eos_id], dtype=torch.long)
+        src = pad_sequences(srcs, self.pad_id)
+        tgt_in = pad_sequences([[self.bos_id, *t] for t in tgts], self.pad_id)
+        tgt_out = pad_sequences([[*t, self.eos_id] for t in tgts], IGNORE)
         return src, tgt_in, tgt_out
 
     def batch(self, index: int):
         n = len(self.train_batches)
         epoch, i = divmod(index, n)
-        perm = torch.randperm(n, generator=_generator(self.seed, epoch))
+        perm = torch.randperm(n, generator=_generator(self.seed, "seq2seq", epoch))
         return self.collate([self.train[j] for j in self.train_batches[int(perm[i])]])
 
     def eval_batches(self):
         for i in range(0, len(self.valid), self.batch_size):
             yield self.collate(self.valid[i : i + self.batch_size])
 
-    def forward(self, model, batch):
+    def loss(self, model, batch, *, label_smoothing: float = 0.0) -> TokenLoss:
         src, tgt_in, tgt_out = batch
-        return model(src, tgt_in, src_mask=src != self.pad_id), tgt_out
+        logits = model(src, tgt_in, src_key_mask=src != self.pad_id)
+        return token_loss(logits, tgt_out, label_smoothing)
+
+
+def mask_tokens(tokens: Tensor, *, mask_id: int, vocab_size: int, p: float = 0.15, special: Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """BERT's masking for masked-LM training (Devlin et al. 2019, section 3.1).
+
+    A fraction ``p`` of the positions is chosen, never one where ``special`` (B, T) is True (padding,
+    separators); of the chosen ones 80% become ``mask_id``, 10% a random token from [0, vocab_size)
+    and 10% stay as they are. Returns (inputs, labels): labels hold the original token at the chosen
+    positions and ``IGNORE`` elsewhere, so only the chosen positions are scored.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_id={mask_id} must be an id in [0, vocab_size={vocab_size})")
+    draw = torch.rand(tokens.shape, generator=generator)
+    chosen = draw < p
+    if special is not None:
+        chosen &= ~special.cpu()
+    labels = tokens.masked_fill(~chosen, IGNORE)
+    # one more draw per position decides between [MASK] (80%), a random token (10%) and keeping (10%)
+    action = torch.rand(tokens.shape, generator=generator)
+    random_ids = torch.randint(0, vocab_size, tokens.shape, generator=generator)
+    inputs = tokens.clone()
+    inputs[chosen & (action < 0.8)] = mask_id
+    swap = chosen & (action >= 0.8) & (action < 0.9)
+    inputs[swap] = random_ids[swap]
+    return inputs, labels
 
 
 class MaskedLMTask(LanguageModelingTask):
-    """BERT's masked-LM objective on windows of a token stream: a fraction ``p`` of positions is
-    chosen (80% replaced by ``mask_id``, 10% by a random token, 10% kept) and only those are scored.
-    The masking of batch i is drawn from the seed and i, like the windows."""
+    """BERT's masked-LM objective on windows of a token stream (see :func:`mask_tokens`): only the chosen
+    positions are scored. The masking of batch i is drawn from the seed and i, like the windows."""
 
     def __init__(self, train: Tensor, valid: Tensor, *, mask_id: int, vocab_size: int, p: float = 0.15, **kw):
         super().__init__(train, valid, **kw)
         self.mask_id, self.vocab_size, self.p = mask_id, vocab_size, p
 
-    def _mask(self, window: Tensor, index: int) -> tuple[Tensor, Tensor]:
-        from ..models import mask_tokens
-
+    def _mask(self, window: Tensor, *parts) -> tuple[Tensor, Tensor]:
         return mask_tokens(window, mask_id=self.mask_id, vocab_size=self.vocab_size, p=self.p,
-                           generator=_generator(self.seed + 7919, index))
+                           generator=_generator(self.seed, "mlm", *parts))
 
     def batch(self, index: int) -> tuple[Tensor, Tensor]:
         x, _ = super().batch(index)
-        return self._mask(x, index)
+        return self._mask(x, "train", index)
 
     def eval_batches(self):
         for i, (x, _) in enumerate(super().eval_batches()):
-            yield self._mask(x, -1 - i)
+            yield self._mask(x, "eval", i)
+
+    def loss(self, model, batch, *, label_smoothing: float = 0.0) -> TokenLoss:
+        inputs, labels = batch
+        return token_loss(model(inputs), labels, label_smoothing)

@@ -2,42 +2,47 @@
 
 The data position is the step: a task's ``batch(i)`` is a pure function of ``i`` (and its seed), so a
 resumed run sees exactly the batches it would have seen, and with the RNG state restored from the
-checkpoint (dropout) it reproduces the uninterrupted run's losses bitwise on the CPU.
+checkpoint (dropout) it reproduces the uninterrupted run's losses bitwise on the CPU, provided its
+learning-rate schedule follows the steps (``TrainConfig.minutes`` = 0).
+
+With a time budget (``minutes`` > 0) the cosine decay follows the training time instead, so that it
+ends whenever the budget does. A resumed run restores the training time of its checkpoint, so its
+batches and dropout are the uninterrupted run's, but its learning rates follow its own clock: losses
+after the resume differ slightly. Under ``torchrun`` rank 0's clock decides for every rank (the
+learning rate and the last step are the same on all ranks).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import Config, check_choice, check_positive
-from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import read_checkpoint, save_checkpoint, set_rng_state
+from .runfolder import RunFolder
 from .schedules import SCHEDULES, lr_at
-
-
-class Task(Protocol):
-    """What the trainer needs from a task: deterministic batches and (logits, targets) from a model."""
-
-    def batch(self, index: int) -> Any: ...
-
-    def forward(self, model: torch.nn.Module, batch: Any) -> tuple[Tensor, Tensor]: ...
-
-    def eval_batches(self) -> Iterable[Any]: ...
+from .tasks import Task
 
 
 @dataclass
 class TrainConfig(Config):
+    """How to train: optimizer (AdamW), schedule, precision, evaluation, checkpoints, budget.
+
+    The run ends at ``max_steps``, at the ``minutes`` budget of training time (if > 0), or when the
+    held-out loss has not improved for ``patience`` evaluations (if > 0), whichever comes first.
+    ``accumulate`` micro-batches make one optimizer step; ``label_smoothing`` applies to training
+    losses only (evaluation reports the plain cross-entropy).
+    """
+
     max_steps: int = 1000
     lr: float = 3e-4
     schedule: str = "cosine"  # cosine | noam | constant
@@ -63,18 +68,12 @@ class TrainConfig(Config):
         check_positive(self, "max_steps", "accumulate", "eval_every", "checkpoint_every", "log_every")
         check_choice(self, "schedule", SCHEDULES)
         check_choice(self, "precision", ("fp32", "bf16", "fp16"))
-        if self.lr <= 0:
+        if not self.minutes >= 0 or not math.isfinite(self.minutes):
+            raise ValueError(f"TrainConfig.minutes must be a finite number >= 0, got {self.minutes}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
-def token_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
-    """Cross-entropy over (B, T, V) logits and (B, T) targets; target -100 is ignored."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
-        label_smoothing=label_smoothing, reduction=reduction,
-    )
 
 
 def _rank_world() -> tuple[int, int]:
@@ -84,7 +83,7 @@ def _rank_world() -> tuple[int, int]:
 
 
 class Trainer:
-    """Trains ``model`` on ``task``; checkpoints to ``run_dir`` and resumes from it.
+    """Trains ``model`` on ``task``; checkpoints to the run folder ``run_dir`` and resumes from it.
 
     With ``torch.distributed`` initialized (``torchrun``), wrap the model in DDP or FSDP first: every
     rank computes the same global batch index and takes its share of the rows.
@@ -94,7 +93,7 @@ class Trainer:
                  model_config=None, device: str | torch.device = "cpu"):
         self.model, self.task, self.config = model, task, config
         self.model_config = model_config if model_config is not None else getattr(_unwrap(model), "config", None)
-        self.run_dir, self.device = Path(run_dir), torch.device(device)
+        self.folder, self.device = RunFolder(run_dir), torch.device(device)
         self.rank, self.world = _rank_world()
         decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
@@ -104,7 +103,12 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(enabled=config.precision == "fp16" and self.device.type == "cuda")
         self.step = 0
-        self.state: dict[str, Any] = {"best_eval_loss": math.inf, "evals_without_improvement": 0}
+        self.resumed_from: int | None = None  # the checkpoint step this process started from
+        self.state: dict[str, Any] = {"best_eval_loss": math.inf, "evals_without_improvement": 0, "elapsed_s": 0.0}
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
 
     # ---- pieces -------------------------------------------------------------------------------
 
@@ -125,11 +129,25 @@ class Trainer:
             return {k: self._shard(v) for k, v in batch.items()}
         return type(batch)(self._shard(b) for b in batch)
 
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _from_rank0(self, *values: float) -> list[float]:
+        """Rank 0's values on every rank: one clock decides the schedule and the last step for all."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.broadcast(t, src=0)
+        return t.tolist()
+
     def _log(self, record: dict) -> None:
         if self.rank != 0:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.folder.append_metrics(record)
         if self._tensorboard is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -149,23 +167,6 @@ class Trainer:
                     pass
         return self._tb
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop records after ``step`` (written after the checkpoint a resumed run starts from)."""
-        path = self.run_dir / "metrics.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the crash
-                continue
-            if record.get("step", 0) <= step:
-                keep.append(line)
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
-
     def _full_state(self):
         """Full (unsharded) model and optimizer state dicts keyed by parameter name; a collective
         call under FSDP, so every rank must make it."""
@@ -175,6 +176,7 @@ class Trainer:
                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; every rank must call it)."""
         model_state, optimizer_state = self._full_state()
         if self.rank != 0:
             return None
@@ -184,19 +186,25 @@ class Trainer:
         )
 
     def resume(self) -> bool:
-        """Continue from the newest checkpoint in run_dir, if any (every rank reads it)."""
+        """Continue from the newest checkpoint in the run folder that verifies (every rank reads it);
+        a corrupt newer one is skipped with a message naming it. False if there is none."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        path = latest_checkpoint(self.run_dir)
+        def skipped(path, error):
+            if self.rank == 0:
+                print(f"attnkit: skipping checkpoint {path.name}: {error}", file=sys.stderr, flush=True)
+
+        path = self.folder.newest_checkpoint(on_skip=skipped)
         if path is None:
             return False
         model_state, optimizer_state, state = read_checkpoint(path)
         set_state_dict(_unwrap(self.model), self.optimizer, model_state_dict=model_state,
                        optim_state_dict=optimizer_state, options=StateDictOptions(full_state_dict=True, strict=True))
         set_rng_state(state["_rng_tensors"], state["rng"])
-        self.step = state["step"]
-        self.state = {k: v for k, v in state["trainer"].items() if k != "train_config"}
-        self._truncate_log(self.step)
+        self.step = self.resumed_from = state["step"]
+        self.state.update({k: v for k, v in state["trainer"].items() if k != "train_config"})
+        if self.rank == 0:
+            self.folder.truncate_metrics(self.step)
         return True
 
     @torch.no_grad()
@@ -208,108 +216,139 @@ class Trainer:
         total, count = 0.0, 0
         for batch in self.task.eval_batches():
             with self._autocast():
-                logits, targets = self.task.forward(model, _to(self._shard(batch), self.device))
-            total += token_loss(logits, targets, reduction="sum").item()
-            count += int((targets != -100).sum())
-        if self.world > 1:
-            t = torch.tensor([total, count], dtype=torch.float64)
-            dist.all_reduce(t)
-            total, count = t.tolist()
+                loss = self.task.loss(model, _to(self._shard(batch), self.device))
+            total += float(loss.sum)
+            count += int(loss.count)
+        total, count = self._sum_over_ranks(total, count)
         model.train(was_training)
         loss = total / max(count, 1)
         return {"eval_loss": loss, "eval_bits_per_token": loss / math.log(2), "eval_tokens": int(count)}
 
     # ---- the loop -----------------------------------------------------------------------------
 
+    def _lr(self, elapsed: float) -> float:
+        c = self.config
+        progress = None
+        if c.minutes:  # decay over whichever ends first: the steps or the time budget
+            steps_done = (self.step + 1 - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
+            progress = max(steps_done, elapsed / (60 * c.minutes))
+        return lr_at(self.step, lr=c.lr, warmup_steps=c.warmup_steps, max_steps=c.max_steps,
+                     schedule=c.schedule, min_lr_ratio=c.min_lr_ratio, progress=progress)
+
+    def _train_step(self, model, lr: float) -> tuple[float, int]:
+        """One optimizer step over ``accumulate`` micro-batches -> (mean loss of the global batch, tokens)."""
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum, tokens = 0.0, 0
+        for micro in range(c.accumulate):
+            batch = _to(self._shard(self.task.batch(self.step * c.accumulate + micro)), self.device)
+            sync = micro == c.accumulate - 1 or not hasattr(model, "no_sync")
+            with (contextlib.nullcontext() if sync else model.no_sync()), self._autocast():
+                out = self.task.loss(model, batch, label_smoothing=c.label_smoothing)
+                loss = out.sum / out.count.clamp_min(1)
+            self.scaler.scale(loss / c.accumulate).backward()
+            loss_sum += loss.item()
+            tokens += int(out.count)
+        if c.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        loss_value, tokens = self._sum_over_ranks(loss_sum / c.accumulate, tokens)
+        return loss_value / self.world, int(tokens)  # the global batch's loss, not this rank's share
+
+    def _maybe_evaluate(self, bar) -> bool:
+        """Evaluate when due; True when early stopping says to stop."""
+        c = self.config
+        if self.step % c.eval_every and self.step != c.max_steps:
+            return False
+        metrics = self.evaluate()
+        self._log({"step": self.step, **metrics})
+        if bar is not None:
+            bar.write(f"step {self.step}: eval loss {metrics['eval_loss']:.4f}")
+        if metrics["eval_loss"] < self.state["best_eval_loss"]:
+            self.state.update(best_eval_loss=metrics["eval_loss"], evals_without_improvement=0)
+            return False
+        self.state["evals_without_improvement"] += 1
+        return bool(c.patience) and self.state["evals_without_improvement"] >= c.patience
+
     def train(self, resume: bool = True) -> dict[str, Any]:
+        """Train until ``max_steps``, the time budget or early stopping; returns a summary with the
+        final ``step``, ``loss``, ``stop_reason`` and ``resumed_from`` (None for a fresh start)."""
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(c.seed)  # dropout; a resumed run restores the RNG state it had instead
         if resume:
             self.resume()
         model = self.model.to(self.device).train()
-        start_time, last_log = time.time(), (time.time(), 0)
-        bar = None
-        if c.progress and self.rank == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=c.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        tokens_seen, loss_value, stop_reason = 0, float("nan"), "max_steps"
         elapsed_before = self.state.get("elapsed_s", 0.0)  # training time of the runs this one resumes
+        budget_s = 60 * c.minutes
+        bar = _progress_bar(c, self.step, elapsed_before) if c.progress and self.rank == 0 else None
+        loss_value, stop_reason, start = float("nan"), "max_steps", time.time()
+        tokens_seen, last_log = 0, start
         while self.step < c.max_steps:
-            elapsed = elapsed_before + time.time() - start_time
-            self.state["elapsed_s"] = elapsed
-            progress = None
-            if c.minutes:  # decay over whichever ends first: the steps or the time budget
-                steps_done = (self.step + 1 - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
-                progress = max(steps_done, elapsed / (60 * c.minutes))
-            lr = lr_at(self.step, lr=c.lr, warmup_steps=c.warmup_steps, max_steps=c.max_steps,
-                       schedule=c.schedule, min_lr_ratio=c.min_lr_ratio, progress=progress)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(c.accumulate):
-                batch = _to(self._shard(self.task.batch(self.step * c.accumulate + micro)), self.device)
-                sync = micro == c.accumulate - 1 or not hasattr(model, "no_sync")
-                with (contextlib.nullcontext() if sync else model.no_sync()), self._autocast():
-                    logits, targets = self.task.forward(model, batch)
-                    loss = token_loss(logits, targets, c.label_smoothing)
-                self.scaler.scale(loss / c.accumulate).backward()
-                loss_sum += loss.item()
-                tokens_seen += int((targets != -100).sum()) * self.world
-            if c.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            loss_value = loss_sum / c.accumulate
-            if self.world > 1:  # log the loss of the global batch, not this rank's share
-                t = torch.tensor([loss_value], dtype=torch.float64)
-                dist.all_reduce(t)
-                loss_value = t.item() / self.world
+            if budget_s and elapsed_before >= budget_s:
+                stop_reason = "time_budget"
+                break
+            (elapsed,) = self._from_rank0(elapsed_before + time.time() - start)
+            lr = self._lr(elapsed)
+            loss_value, tokens = self._train_step(model, lr)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"loss became {loss_value} at step {self.step}; lower TrainConfig.lr or enable grad_clip"
                 )
             record = {"step": self.step, "loss": loss_value, "lr": lr}
+            tokens_seen += tokens
             if self.step % c.log_every == 0 or self.step == c.max_steps:
                 now = time.time()
-                record["tokens_per_s"] = tokens_seen / max(now - last_log[0], 1e-9)
-                last_log, tokens_seen = (now, self.step), 0
+                record["tokens_per_s"] = tokens_seen / max(now - last_log, 1e-9)
+                tokens_seen, last_log = 0, now
             self._log(record)
-            if bar is not None:
-                bar.update(1)
-                postfix = {"loss": f"{loss_value:.3f}", "lr": f"{lr:.2e}"}
-                if c.minutes:  # the run ends at the budget, before the bar's step count
-                    left = max(0.0, 60 * c.minutes - elapsed)
-                    postfix["time_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
-                if "tokens_per_s" in record:
-                    bar.set_postfix(**postfix, tok_s=f"{record['tokens_per_s']:.0f}")
-                elif c.minutes and self.step % c.log_every == 0:
-                    bar.set_postfix(**postfix)
-            stop = False
-            if self.step % c.eval_every == 0 or self.step == c.max_steps:
-                metrics = self.evaluate()
-                self._log({"step": self.step, **metrics})
-                if bar is not None:
-                    bar.write(f"step {self.step}: eval loss {metrics['eval_loss']:.4f}")
-                if metrics["eval_loss"] < self.state["best_eval_loss"]:
-                    self.state.update(best_eval_loss=metrics["eval_loss"], evals_without_improvement=0)
-                else:
-                    self.state["evals_without_improvement"] += 1
-                    if c.patience and self.state["evals_without_improvement"] >= c.patience:
-                        stop, stop_reason = True, "early_stopping"
-            if c.minutes and elapsed_before + time.time() - start_time > 60 * c.minutes:
+            stop = self._maybe_evaluate(bar)
+            if stop:
+                stop_reason = "early_stopping"
+            (elapsed,) = self._from_rank0(elapsed_before + time.time() - start)
+            self.state["elapsed_s"] = elapsed
+            if budget_s and elapsed >= budget_s:
                 stop, stop_reason = True, "time_budget"
+            if bar is not None:
+                _update_bar(bar, c, self.step, elapsed, loss_value, lr, record.get("tokens_per_s"))
             if stop or self.step % c.checkpoint_every == 0 or self.step == c.max_steps:
+                self.state["stop_reason"] = stop_reason if stop or self.step == c.max_steps else None
                 self.save()
             if stop:
                 break
         if bar is not None:
             bar.close()
-        return {"step": self.step, "loss": loss_value, "stop_reason": stop_reason, **self.state}
+        return {"step": self.step, "loss": loss_value, "stop_reason": stop_reason, "resumed_from": self.resumed_from,
+                **{k: v for k, v in self.state.items() if k != "stop_reason"}}
+
+
+def _progress_bar(c: TrainConfig, step: int, elapsed: float):
+    """With a time budget the bar measures the budget (seconds of training time) and shows the step;
+    without one it counts steps towards max_steps."""
+    from tqdm.auto import tqdm
+
+    if c.minutes:
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| {elapsed} run, {remaining} left of the budget{postfix}"
+        return tqdm(total=round(60 * c.minutes), initial=min(round(elapsed), round(60 * c.minutes)), desc="train",
+                    bar_format=fmt, dynamic_ncols=True)
+    return tqdm(total=c.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _update_bar(bar, c: TrainConfig, step: int, elapsed: float, loss: float, lr: float, tokens_per_s) -> None:
+    if c.minutes:
+        bar.update(max(0, min(round(elapsed), bar.total) - bar.n))
+    else:
+        bar.update(step - bar.n)
+    if step % c.log_every == 0 or tokens_per_s is not None:
+        postfix = {"step": step, "loss": f"{loss:.3f}", "lr": f"{lr:.2e}"}
+        if tokens_per_s is not None:
+            postfix["tok/s"] = f"{tokens_per_s:.0f}"
+        bar.set_postfix(postfix, refresh=False)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

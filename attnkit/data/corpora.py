@@ -1,0 +1,42 @@
+"""The corpora a run config can name (``[data] corpus = ...``).
+
+- text corpora (language models, masked LMs): :data:`TEXT_CORPORA` maps a name to a function giving
+  (training text, held-out text); any other value is read as the path of a UTF-8 text file, whose last
+  5% is held out.
+- parallel corpora (translation): :data:`PAIR_CORPORA` maps a name to a function giving the splits
+  ``{"train", "validation", "test"}`` of source/target :class:`~attnkit.data.translation.Pair` lists.
+
+A new corpus is a loader plus one entry here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .kjv import kjv_splits
+from .translation import load_de_en
+
+TEXT_CORPORA: dict[str, Callable[[], tuple[str, str]]] = {"kjv": kjv_splits}
+PAIR_CORPORA: dict[str, Callable[[], dict]] = {"de-en": lambda: load_de_en()}
+HELD_OUT_FRACTION = 0.05
+
+
+def text_splits(corpus: str) -> tuple[str, str]:
+    """(training text, held-out text) of a named text corpus or of a UTF-8 text file."""
+    if corpus in TEXT_CORPORA:
+        return TEXT_CORPORA[corpus]()
+    path = Path(corpus)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus {corpus!r} is neither a text corpus ({', '.join(TEXT_CORPORA)}) "
+                                "nor an existing text file")
+    text = path.read_text(encoding="utf-8")
+    cut = int(len(text) * (1 - HELD_OUT_FRACTION))
+    return text[:cut], text[cut:]
+
+
+def pair_splits(corpus: str) -> dict:
+    """{"train", "validation", "test"} pairs of a named parallel corpus."""
+    if corpus not in PAIR_CORPORA:
+        raise KeyError(f"corpus {corpus!r} is not a parallel corpus ({', '.join(PAIR_CORPORA)})")
+    return PAIR_CORPORA[corpus]()
