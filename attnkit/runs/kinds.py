@@ -1,0 +1,228 @@
+"""The kinds of task a run can be: what data each needs, how it fixes the model's vocabulary and
+lengths, how it is trained (its :class:`~attnkit.train.Task`) and how it is scored on held-out data.
+
+- ``lm``: next-token language modelling on a text stream; scored in bits per token; ``generate``.
+- ``mlm``: masked-LM (BERT) on a text stream; scored by masked-token accuracy and loss.
+- ``seq2seq``: translation on a parallel corpus; scored by BLEU and chrF on the test pairs; ``translate``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data import PAIR_CORPORA, TEXT_CORPORA, pair_splits, text_splits
+from ..errors import UsageError
+
+
+@dataclass
+class Evaluation:
+    """A held-out score: ``metrics`` (numbers, for programs) and ``lines`` (the report, for people)."""
+
+    metrics: dict[str, float]
+    lines: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        return "\n".join(self.lines)
+
+
+@functools.lru_cache(maxsize=4)
+def _text(corpus: str) -> tuple[str, str]:
+    try:
+        return text_splits(corpus)
+    except FileNotFoundError as e:
+        raise UsageError(f"data.{e}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _pairs(corpus: str) -> dict:
+    return pair_splits(corpus)
+
+
+def _unit(data) -> str:
+    return {"char": "character", "byte": "byte"}.get(data.tokenizer, "token")
+
+
+class TaskKind:
+    """One kind of task; subclasses fill in the data, the task and the evaluation."""
+
+    name: str = ""
+    noun: str = ""  # what a run of this kind is, e.g. "language model"
+    command: str | None = None  # the command that uses such a run besides eval ("generate", "translate")
+    data_fields: dict[str, str] = {}  # model config fields set from the data -> where they come from
+
+    def describe(self, data) -> str:
+        return f"a {self.noun}"
+
+    def check_data(self, model_type: str, data) -> None:
+        raise NotImplementedError
+
+    def tokenizer_texts(self, data) -> list[str]:
+        raise NotImplementedError
+
+    def resolve(self, config_cls, values: dict[str, Any], data, tokenizer) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build_task(self, data, tokenizer):
+        raise NotImplementedError
+
+    def evaluate(self, model, tokenizer, data, **options) -> Evaluation:
+        raise NotImplementedError
+
+
+class _TextKind(TaskKind):
+    data_fields = {"vocab_size": "the tokenizer's vocabulary"}
+
+    def check_data(self, model_type, data):
+        if data.corpus in PAIR_CORPORA:
+            raise UsageError(f"{model_type} trains on a text stream: data.corpus = {data.corpus!r} is a parallel "
+                             f"corpus; use one of {', '.join(TEXT_CORPORA)} or a text file")
+
+    def tokenizer_texts(self, data):
+        return [_text(data.corpus)[0]]
+
+    def _ids(self, text: str, tokenizer) -> torch.Tensor:
+        return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+
+    def _stream_args(self, data) -> dict:
+        return dict(context=data.context, batch_size=data.batch_size, seed=data.seed, eval_batches=data.eval_batches)
+
+    def _held_out(self, data, tokenizer, max_tokens: int | None) -> torch.Tensor:
+        ids = self._ids(_text(data.corpus)[1], tokenizer)
+        return ids[: max_tokens + 1] if max_tokens else ids
+
+
+class LanguageModelKind(_TextKind):
+    name, noun, command = "lm", "language model", "generate"
+
+    def describe(self, data):
+        return f"a {_unit(data)}-level language model" if data.tokenizer in ("char", "byte") else "a language model"
+
+    def resolve(self, config_cls, values, data, tokenizer):
+        return {"max_len": data.context, **values, "vocab_size": tokenizer.vocab_size}
+
+    def build_task(self, data, tokenizer):
+        from ..train import LanguageModelingTask
+
+        train, valid = _text(data.corpus)
+        return LanguageModelingTask(self._ids(train, tokenizer), self._ids(valid, tokenizer), **self._stream_args(data))
+
+    def evaluate(self, model, tokenizer, data, *, max_tokens: int | None = None, **_) -> Evaluation:
+        from ..evaluation import bits_per_token
+
+        ids = self._held_out(data, tokenizer, max_tokens)
+        bpt = bits_per_token(model, ids, min(data.context, model.config.max_len))
+        unit = _unit(data)
+        return Evaluation({"bits_per_token": bpt, "tokens": ids.numel() - 1},
+                          [f"held-out {unit}s: {ids.numel() - 1:,}; bits per {unit}: {bpt:.3f}"])
+
+
+class MaskedLMKind(_TextKind):
+    """BERT's objective; the [MASK] token is one id past the tokenizer's vocabulary."""
+
+    name, noun, command = "mlm", "masked language model", None
+    data_fields = {"vocab_size": "the tokenizer's vocabulary plus [MASK]"}
+
+    def resolve(self, config_cls, values, data, tokenizer):
+        return {"max_len": data.context, **values, "vocab_size": tokenizer.vocab_size + 1}
+
+    def build_task(self, data, tokenizer):
+        from ..train import MaskedLMTask
+
+        train, valid = _text(data.corpus)
+        vocab = tokenizer.vocab_size + 1
+        return MaskedLMTask(self._ids(train, tokenizer), self._ids(valid, tokenizer), mask_id=vocab - 1,
+                            vocab_size=vocab, **self._stream_args(data))
+
+    @torch.no_grad()
+    def evaluate(self, model, tokenizer, data, *, max_tokens: int | None = None, **_) -> Evaluation:
+        """Masked-token accuracy and loss over consecutive windows of the held-out text, masked with
+        seeds fixed by the data seed (the same positions at every evaluation)."""
+        from ..train import IGNORE, derive_seed, mask_tokens
+
+        model.eval()
+        ids = self._held_out(data, tokenizer, max_tokens)
+        T, B, vocab = data.context, data.batch_size, model.config.vocab_size
+        n_windows = ids.numel() // T
+        if n_windows == 0:
+            raise UsageError(f"the held-out text has {ids.numel()} tokens, fewer than data.context = {T}")
+        windows = ids[: n_windows * T].view(n_windows, T)
+        loss, correct, count = 0.0, 0, 0
+        for i in range(0, n_windows, B):
+            g = torch.Generator().manual_seed(derive_seed(data.seed, "mlm-eval", i))
+            inputs, labels = mask_tokens(windows[i : i + B], mask_id=vocab - 1, vocab_size=vocab, generator=g)
+            logits = model(inputs)  # (b, T, vocab)
+            chosen = labels != IGNORE
+            loss += float(F.cross_entropy(logits[chosen].float(), labels[chosen], reduction="sum"))
+            correct += int((logits[chosen].argmax(-1) == labels[chosen]).sum())
+            count += int(chosen.sum())
+        acc, nats = correct / max(count, 1), loss / max(count, 1)
+        return Evaluation(
+            {"masked_accuracy": acc, "masked_loss": nats, "masked_tokens": count},
+            [f"held-out masked {_unit(data)}s: {count:,}; accuracy {100 * acc:.1f}%; "
+             f"loss {nats:.3f} nats ({nats / math.log(2):.3f} bits)"],
+        )
+
+
+class TranslationKind(TaskKind):
+    name, noun, command = "seq2seq", "translation model", "translate"
+    data_fields = {
+        "src_vocab_size": "the tokenizer's vocabulary", "tgt_vocab_size": "the tokenizer's vocabulary",
+        "vocab_size": "the tokenizer's vocabulary", "pad_id": "the tokenizer's <pad>",
+    }
+
+    def check_data(self, model_type, data):
+        if data.corpus not in PAIR_CORPORA:
+            raise UsageError(f"{model_type} is a sequence-to-sequence model: data.corpus must be a parallel corpus "
+                             f"({', '.join(PAIR_CORPORA)}), got {data.corpus!r}")
+
+    def tokenizer_texts(self, data):
+        return [t for p in _pairs(data.corpus)["train"] for t in (p.de, p.en)]
+
+    def resolve(self, config_cls, values, data, tokenizer):
+        if getattr(tokenizer, "pad_id", None) is None:
+            raise UsageError(f"translation needs a tokenizer with <pad>, <bos> and <eos>; data.tokenizer = "
+                             f"{data.tokenizer!r} has none (use bpe, wordpiece, unigram or byte)")
+        names = {f for f in config_cls.__dataclass_fields__}
+        fixed = {"src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
+                 "vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}
+        return {"max_len": data.max_len + 1, **values, **{k: v for k, v in fixed.items() if k in names}}
+
+    def _encode(self, pairs, tokenizer):
+        return [(tokenizer.encode(p.de), tokenizer.encode(p.en)) for p in pairs]
+
+    def build_task(self, data, tokenizer):
+        from ..train import Seq2SeqTask
+
+        splits = _pairs(data.corpus)
+        return Seq2SeqTask(
+            self._encode(splits["train"], tokenizer), self._encode(splits["validation"], tokenizer),
+            pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+            batch_size=data.batch_size, seed=data.seed, max_len=data.max_len,
+        )
+
+    def evaluate(self, model, tokenizer, data, *, beam_size: int = 4, limit: int | None = None, show: int = 5,
+                 **_) -> Evaluation:
+        """sacreBLEU and chrF on the test pairs, each source translated once and scored against all its
+        references; ``show`` examples spread evenly over the test set (every len/show-th source)."""
+        from ..data.translation import references_by_source
+        from ..evaluation import bleu_chrf, translate
+
+        refs = references_by_source(_pairs(data.corpus)["test"])
+        sources = list(refs)[: limit or None]
+        hyps = translate(model, tokenizer, sources, beam_size=beam_size)
+        scores = bleu_chrf(hyps, [refs[s] for s in sources])
+        lines = [f"test sentences: {len(sources)}; BLEU {scores['bleu']:.1f}; chrF {scores['chrf']:.1f} "
+                 f"(sacreBLEU, beam {beam_size})"]
+        step = max(1, len(sources) // max(show, 1))
+        for i in range(0, len(sources), step)[:show]:
+            lines += [f"  {sources[i]}", f"    -> {hyps[i]}", f"    reference: {refs[sources[i]][0]}"]
+        return Evaluation({**scores, "sentences": len(sources)}, lines)
+
+
+KINDS: dict[str, TaskKind] = {k.name: k for k in (LanguageModelKind(), MaskedLMKind(), TranslationKind())}
