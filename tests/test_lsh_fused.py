@@ -44,7 +44,7 @@ def test_fused_equals_chunked_values_and_gradients(L, causal, across, masked):
         mask = torch.ones(2, L, dtype=torch.bool, device=DEVICE)
         mask[1, L - 23 :] = False
         mask[0, 5] = False
-    kw = dict(n_hashes=3, bucket_size=16, causal=causal, mask=mask, seed=7, attend_across_buckets=across)
+    kw = dict(n_hashes=3, bucket_size=16, causal=causal, key_mask=mask, seed=7, attend_across_buckets=across)
     grad = torch.randn(2, 2, L, 32, device=DEVICE)
     fused = run(qk, v, grad, impl="fused", **kw)
     chunked = run(qk, v, grad, impl="chunked", **kw)

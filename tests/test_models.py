@@ -1,13 +1,21 @@
-"""The model families: caches, parameter counts, configs, bad input, and that they learn."""
+"""The model families: caches, parameter counts, configs, bad input, that they learn, and the import
+graph of the library."""
+
+import ast
+import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import attnkit
 from attnkit.models import (
-    MaskedLMHead, RNNSeq2Seq, RNNSeq2SeqConfig, SequenceClassificationHead, Transformer, TransformerConfig,
-    TransformerEncoder, TransformerEncoderConfig, TransformerLM, TransformerLMConfig, mask_tokens,
+    LMCache, MaskedLMHead, Reformer, ReformerConfig, RNNSeq2Seq, RNNSeq2SeqConfig, SequenceClassificationHead,
+    Transformer, TransformerConfig, TransformerEncoder, TransformerEncoderConfig, TransformerLM,
+    TransformerLMConfig,
 )
+from attnkit.nn import BlockCache
 
 TINY = dict(d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
 
@@ -41,6 +49,8 @@ def test_lm_kv_cache_decoding_equals_full_forward(options):
         logits, cache = model.step(tokens[:, t : t + 1], cache)
         pieces.append(logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    assert isinstance(cache, LMCache) and cache.length == 12 and len(cache.layers) == 2
+    assert all(isinstance(layer, BlockCache) and layer.cross_attn is None for layer in cache.layers)
 
 
 def test_seq2seq_decoder_kv_cache_equals_full_forward():
@@ -52,7 +62,7 @@ def test_seq2seq_decoder_kv_cache_equals_full_forward():
     memory = model.encode(src)
     cache, pieces = None, []
     for t in range(8):
-        logits, cache = model.decode(tgt[:, t : t + 1], memory, src_mask=src != 0, cache=cache)
+        logits, cache = model.decode(tgt[:, t : t + 1], memory, src_key_mask=src != 0, cache=cache)
         pieces.append(logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
 
@@ -108,21 +118,62 @@ def test_sampling_is_seeded_and_respects_top_k():
     assert draws == {1}
 
 
-def test_seq2seq_generate_stops_at_eos():
-    model = tiny_seq2seq()
-    out = model.generate(torch.randint(0, 40, (3, 5)), 10, bos_id=1, eos_id=2)
-    assert out.shape[0] == 3 and out.shape[1] <= 11 and (out[:, 0] == 1).all()
-    rnn = RNNSeq2Seq(RNNSeq2SeqConfig(src_vocab_size=40, tgt_vocab_size=50, d_embed=16, d_hidden=24, cell="lstm"))
-    assert rnn.generate(torch.randint(0, 40, (2, 5)), 7, bos_id=1).shape == (2, 8)
+def _forced_output(module, eos_at, token=7, eos=2):
+    """Make ``module`` (a model's output layer) put all the weight on ``token``, and on ``eos`` from decoding
+    step ``eos_at[b]`` on for row b; each call of the module is one decoding step."""
+    calls = [0]
+
+    def hook(_module, _inputs, out):
+        step = calls[0]
+        calls[0] += 1
+        forced = torch.full(out.shape[:-1], token)
+        for b, at in enumerate(eos_at):
+            if step >= at:
+                forced[b] = eos
+        return 10.0 * F.one_hot(forced, out.shape[-1]).to(out.dtype)
+
+    return module.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "rnn", "reformer"])
+def test_seq2seq_generate_stops_at_eos(kind):
+    torch.manual_seed(0)
+    if kind == "transformer":
+        model = tiny_seq2seq()
+        head = model.out_proj
+    elif kind == "rnn":
+        model = RNNSeq2Seq(RNNSeq2SeqConfig(src_vocab_size=40, tgt_vocab_size=50, d_embed=16, d_hidden=24, cell="lstm"))
+        head = model.out
+    else:
+        model = Reformer(ReformerConfig(vocab_size=50, src_vocab_size=40, d_model=16, n_heads=2, n_layers=1, d_ff=32,
+                                        max_len=64, bucket_size=8, n_hashes=2))
+        head = model.out_proj
+    model.eval()
+    src = torch.randint(0, 40, (2, 5))
+    free = model.generate(src, 7, bos_id=1)  # no stop token: all max_new_tokens are generated
+    assert free.shape == (2, 8) and (free[:, 0] == 1).all()
+    handle = _forced_output(head, eos_at=[2, 4])  # row 0 says eos at step 2, row 1 at step 4
+    try:
+        out = model.generate(src, 10, bos_id=1, eos_id=2)
+    finally:
+        handle.remove()
+    # row 0 repeats eos after its end; generation stops once every row has ended: 5 steps, not 10
+    assert out.tolist() == [[1, 7, 7, 2, 2, 2], [1, 7, 7, 7, 7, 2]]
 
 
 def test_encoder_heads_and_mlm_masking():
+    from attnkit.train import mask_tokens  # BERT's objective lives with the training tasks
+
     enc = TransformerEncoder(TransformerEncoderConfig(vocab_size=50, n_token_types=2, embed_norm=True, **TINY))
     tokens = torch.randint(5, 50, (2, 10))
     h = enc(tokens, token_types=torch.zeros_like(tokens))
     assert h.shape == (2, 10, 32)
     assert MaskedLMHead(32, 50, embedding=enc.embed.token)(h).shape == (2, 10, 50)
     assert SequenceClassificationHead(32, 3)(h, torch.ones(2, 10, dtype=torch.bool)).shape == (2, 3)
+    head = SequenceClassificationHead(32, 3, dropout=0.0)
+    key_mask = torch.ones(2, 10, dtype=torch.bool)
+    key_mask[1, 6:] = False  # mean pooling over the real tokens only
+    torch.testing.assert_close(head(h, key_mask=key_mask)[1:], head(h[1:, :6]))
     g = torch.Generator().manual_seed(0)
     big = torch.randint(5, 50, (64, 64))
     inputs, labels = mask_tokens(big, mask_id=4, vocab_size=50, generator=g)
@@ -178,23 +229,35 @@ def test_seq2seq_learns_to_reverse(kind):
 
 # ---- configs and bad input -------------------------------------------------------------------
 
-def test_configs_reject_inconsistent_values_with_a_fix():
-    with pytest.raises(ValueError, match="divisible by n_heads"):
-        TransformerLMConfig(d_model=30, n_heads=4)
-    with pytest.raises(ValueError, match="positional"):
-        TransformerLMConfig(positional="absolute")
-    with pytest.raises(ValueError, match="share_embeddings"):
-        TransformerConfig(src_vocab_size=10, tgt_vocab_size=20, share_embeddings=True)
-    with pytest.raises(ValueError, match="dropout"):
-        TransformerEncoderConfig(dropout=1.5)
-    with pytest.raises(ValueError, match="n_layers"):
-        TransformerLMConfig(n_layers=0)
-    with pytest.raises(ValueError, match="cell"):
-        RNNSeq2SeqConfig(cell="rnn")
-    with pytest.raises(ValueError, match="did you mean 'd_model'"):
-        TransformerLMConfig.from_dict({"dmodel": 64})
-    with pytest.raises(TypeError):
-        TransformerLMConfig(unknown=1)
+CONFIG_ERRORS = {
+    "heads": (ValueError, "divisible by n_heads", lambda: TransformerLMConfig(d_model=30, n_heads=4)),
+    "positional": (ValueError, "positional", lambda: TransformerLMConfig(positional="absolute")),
+    "share_embeddings": (ValueError, "share_embeddings",
+                         lambda: TransformerConfig(src_vocab_size=10, tgt_vocab_size=20, share_embeddings=True)),
+    "dropout": (ValueError, "dropout", lambda: TransformerEncoderConfig(dropout=1.5)),
+    "n_layers": (ValueError, "n_layers", lambda: TransformerLMConfig(n_layers=0)),
+    "cell": (ValueError, "cell", lambda: RNNSeq2SeqConfig(cell="rnn")),
+    "did_you_mean": (ValueError, "did you mean 'd_model'", lambda: TransformerLMConfig.from_dict({"dmodel": 64})),
+    "renamed_field": (ValueError, "did you mean 'rotary_base'",
+                      lambda: TransformerLMConfig.from_dict({"rope_base": 1.0})),
+    "unknown": (TypeError, "unknown", lambda: TransformerLMConfig(unknown=1)),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_ERRORS)
+def test_configs_reject_inconsistent_values_with_a_fix(case):
+    error, match, call = CONFIG_ERRORS[case]
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "cls", [TransformerLMConfig, TransformerEncoderConfig, TransformerConfig, RNNSeq2SeqConfig, ReformerConfig]
+)
+def test_configs_have_docstrings_and_shared_field_names(cls):
+    assert cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(")  # not dataclass's generated one
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert not names & {"rope_base", "tie_output"}  # rotary_base and tie_embeddings in every family
 
 
 def test_config_round_trip(tmp_path):
@@ -205,30 +268,38 @@ def test_config_round_trip(tmp_path):
         TransformerLMConfig.load(tmp_path / "config.json")
 
 
-def test_bad_tokens_raise_clear_errors():
-    lm, s2s = tiny_lm(), tiny_seq2seq()
-    with pytest.raises(TypeError, match="integer token ids"):
-        lm(torch.rand(2, 5))
-    with pytest.raises(ValueError, match="id 50, outside the vocabulary"):
-        lm(torch.tensor([[1, 2, 50]]))
-    with pytest.raises(ValueError, match="id -1"):
-        lm(torch.tensor([[1, -1]]))
-    with pytest.raises(ValueError, match=r"shape \(B, T\)"):
-        lm(torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="max_len=64"):
-        lm(torch.zeros(1, 65, dtype=torch.long))
-    with pytest.raises(ValueError, match="batch sizes differ"):
-        s2s(torch.zeros(2, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match="src holds id 45"):
-        s2s(torch.full((1, 3), 45), torch.zeros(1, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="src_mask must have"):
-        s2s(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), src_mask=torch.ones(1, 4, dtype=torch.bool))
-    with pytest.raises(TypeError, match="mask must be a boolean"):
-        lm(torch.zeros(1, 3, dtype=torch.long), mask=torch.ones(1, 3))
-    with pytest.raises(ValueError, match="empty"):
-        lm.generate(torch.zeros(1, 0, dtype=torch.long), 3)
-    with pytest.raises(ValueError, match="exceeds max_len"):
-        lm.generate(torch.zeros(1, 60, dtype=torch.long), 10)
+def _long(*shape, value=0):
+    return torch.full(shape, value, dtype=torch.long)
+
+
+BAD_INPUTS = {
+    "float_tokens": (TypeError, "integer token ids", lambda lm, s2s: lm(torch.rand(2, 5))),
+    "id_too_big": (ValueError, "id 50, outside the vocabulary", lambda lm, s2s: lm(torch.tensor([[1, 2, 50]]))),
+    "negative_id": (ValueError, "id -1", lambda lm, s2s: lm(torch.tensor([[1, -1]]))),
+    "1d_tokens": (ValueError, r"shape \(B, T\)", lambda lm, s2s: lm(torch.tensor([1, 2, 3]))),
+    "too_long": (ValueError, "max_len=64", lambda lm, s2s: lm(_long(1, 65))),
+    "batches_differ": (ValueError, "batch sizes differ", lambda lm, s2s: s2s(_long(2, 5), _long(3, 5))),
+    "src_id": (ValueError, "src holds id 45", lambda lm, s2s: s2s(_long(1, 3, value=45), _long(1, 3))),
+    "src_key_mask_shape": (
+        ValueError, r"src_key_mask must be a key padding mask of shape \(B, S\) = \(1, 3\)",
+        lambda lm, s2s: s2s(_long(1, 3), _long(1, 3), src_key_mask=torch.ones(1, 4, dtype=torch.bool)),
+    ),
+    "tgt_key_mask_shape": (
+        ValueError, "tgt_key_mask must be a key padding mask",
+        lambda lm, s2s: s2s(_long(1, 3), _long(1, 3), tgt_key_mask=torch.ones(1, 4, dtype=torch.bool)),
+    ),
+    "key_mask_dtype": (TypeError, "key_mask must be a boolean",
+                       lambda lm, s2s: lm(_long(1, 3), key_mask=torch.ones(1, 3))),
+    "empty_prompt": (ValueError, "empty", lambda lm, s2s: lm.generate(_long(1, 0), 3)),
+    "prompt_too_long": (ValueError, "exceeds max_len", lambda lm, s2s: lm.generate(_long(1, 60), 10)),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_tokens_raise_clear_errors(case):
+    error, match, call = BAD_INPUTS[case]
+    with pytest.raises(error, match=match):
+        call(tiny_lm(), tiny_seq2seq())
 
 
 @pytest.mark.parametrize(
@@ -259,7 +330,8 @@ def test_generation_step_equals_step(options):
             logits, cache = model.step(tokens[:, t : t + 1], cache)
             fast_logits, fast_cache = model._decode(tokens[:, t : t + 1], fast_cache)
             assert torch.allclose(fast_logits, logits, atol=1e-5), t
-            for (a, _), (b, _) in zip(cache, fast_cache):
+            for a, b in zip(cache.layers, fast_cache.layers):
+                a, b = a.self_attn, b.self_attn
                 assert torch.allclose(a.k, b.k, atol=1e-6) and torch.allclose(a.v, b.v, atol=1e-6)
         assert torch.equal(model.generate(tokens[:, :4], 8)[:, 4:], greedy_with_step(model, tokens[:, :4], 8))
 
@@ -272,3 +344,94 @@ def greedy_with_step(model, prompt, n):
         out.append(token)
         logits, cache = model.step(token, cache)
     return torch.cat(out, dim=1)
+
+
+# ---- the import graph ------------------------------------------------------------------------
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the package at ``root`` that it imports, anywhere in its body (imports
+    inside functions too).
+
+    Importing ``a.b.c`` from outside package ``a.b`` runs ``a.b``'s ``__init__`` first, so it counts as
+    importing ``a.b`` as well; ``from a.b import c`` imports module ``a.b.c`` when that is a module.
+    """
+    files = {_module_name(p, root): p for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                found = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in found:
+                if target not in files:
+                    continue
+                parts = target.split(".")
+                for i in range(2, len(parts) + 1):  # the packages entered on the way (the root's is not)
+                    step = ".".join(parts[:i])
+                    if step in files and not (name == step or name.startswith(step + ".")):
+                        targets.add(step)
+        graph[name] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm), each sorted."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_import_cycle_finder_finds_cycles():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    graph = import_graph(Path(attnkit.__file__).parent)
+    assert "attnkit.models.common" in graph["attnkit.models.lm"]
+    assert "attnkit.kernels.alloc" in graph["attnkit.functional.lsh"]
+    assert import_cycles(graph) == []
+    # the layers: kernels below functional, models below interop (never imported by them, even lazily)
+    for name, targets in graph.items():
+        if name.startswith("attnkit.kernels"):
+            assert not any(t.startswith("attnkit.functional") for t in targets), (name, targets)
+        if name.startswith("attnkit.models"):
+            assert not any(t.startswith("attnkit.interop") for t in targets), (name, targets)

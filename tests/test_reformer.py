@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from attnkit.models import Reformer, ReformerConfig, ReformerLM
+from attnkit.models import Reformer, ReformerConfig, ReformerLM, TransformerLM
+from attnkit.nn import TokenLoss
 
 
 def _config(**overrides):
@@ -42,10 +44,9 @@ def test_lm_forward_and_loss(attn_layers, positional):
     logits = model(tokens)
     assert logits.shape == (2, 53, 37) and torch.isfinite(logits).all()
     loss = model.loss(tokens)
-    assert 2.0 < loss.item() < 6.0
+    assert 2.0 < loss.item() < 6.0  # about ln 37 = 3.6 at initialisation (a near-uniform guess)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    expected = torch.nn.functional.cross_entropy(model(tokens)[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
     model.eval()
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(model(tokens)[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
@@ -106,10 +107,78 @@ def test_lm_errors_and_generate():
         model(torch.ones(1, 3))
     with pytest.raises(ValueError, match="max_len"):
         model(torch.zeros(1, 129, dtype=torch.long))
-    with pytest.raises(ValueError, match="mask"):
+    with pytest.raises(ValueError, match="key_mask must be a key padding mask"):
         model(torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
-    out = model.eval().generate(torch.tensor([[1, 2, 3]]), 5)
-    assert out.shape == (1, 8) and torch.equal(out[:, :3], torch.tensor([[1, 2, 3]]))
+    tokens = torch.zeros(1, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="targets must have"):
+        model(tokens, targets=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="targets must be an integer"):
+        model(tokens, targets=torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="targets holds id 37"):
+        model(tokens, targets=torch.full((1, 5), 37))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        model(tokens, label_smoothing=0.1)
+
+
+def test_lm_greedy_generation_is_the_argmax_of_full_forwards():
+    torch.manual_seed(0)
+    model = ReformerLM(_config(attn_layers=("lsh", "full"))).eval()
+    prompt = torch.tensor([[1, 2, 3], [30, 20, 10]])
+    out = model.generate(prompt, 6)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(6):
+            seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+    assert len(set(seq[:, 3:].flatten().tolist())) > 1  # not a degenerate repetition
+
+
+def test_lm_forward_with_targets_gives_the_summed_token_loss():
+    # forward(tokens, targets=...) -> TokenLoss(sum, count): the loss a trainer needs, computed in
+    # loss_chunks slices; it equals cross-entropy over the full logits, values and gradients.
+    assert ReformerLM.owns_loss is True and not hasattr(TransformerLM, "owns_loss")
+    torch.manual_seed(0)
+    model = ReformerLM(_config(attn_layers=("lsh", "full"), loss_chunks=4)).double().eval()
+    tokens, targets = torch.randint(0, 37, (2, 30)), torch.randint(0, 37, (2, 30))
+    targets[0, :5] = -100
+    targets[1, -3:] = -100
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def full(ls):
+        return F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten(), reduction="sum", label_smoothing=ls)
+
+    for ls in (0.0, 0.1):
+        out = model(tokens, targets=targets, label_smoothing=ls)
+        assert isinstance(out, TokenLoss) and out.sum.dim() == 0 and out.sum.requires_grad
+        assert out.count.dtype == torch.long and out.count.dim() == 0 and out.count.item() == 52
+        torch.testing.assert_close(out.sum, full(ls))
+        for a, b in zip(torch.autograd.grad(out.sum, params), torch.autograd.grad(full(ls), params)):
+            torch.testing.assert_close(a, b)
+    chunked = model(tokens, targets=targets, label_smoothing=0.1)
+    model.config.loss_chunks = 1
+    whole = model(tokens, targets=targets, label_smoothing=0.1)
+    torch.testing.assert_close(chunked.sum, whole.sum, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(chunked.sum, params), torch.autograd.grad(whole.sum, params)):
+        torch.testing.assert_close(a, b)
+    # loss() is the mean over the shifted targets
+    shifted = torch.cat([tokens[:, 1:], torch.full((2, 1), -100)], dim=1)
+    total, count = model(tokens, targets=shifted)
+    torch.testing.assert_close(model.loss(tokens), total / count)
+
+
+def test_axial_positions_get_dropout_once():
+    # Embeddings with axial positions: dropout(token + position), one dropout mask (the bug was a second one).
+    torch.manual_seed(0)
+    model = ReformerLM(_config(positional="axial", dropout=0.3)).train()
+    tokens = torch.randint(0, 37, (2, 100))
+    torch.manual_seed(5)
+    x = model.embed(tokens)
+    with torch.no_grad():
+        e = model.embed.token(tokens) + model.embed.position(torch.arange(100))
+    torch.manual_seed(5)
+    torch.testing.assert_close(x, F.dropout(e, p=0.3, training=True))
+    zeros = (x == 0).float().mean().item()
+    assert 0.25 < zeros < 0.35, zeros  # 1 - (1 - 0.3)^2 = 0.51 with two dropouts
 
 
 def test_encoder_decoder():
@@ -123,17 +192,40 @@ def test_encoder_decoder():
     logits.logsumexp(-1).sum().backward()
     assert model.src_embed.token.weight.grad is not None  # through the decoder's encoder/decoder attention
     assert all(p.grad is not None for n, p in model.named_parameters() if "encoder" in n)
-    # Padding in the source is invisible to the target.
+    # Padding in the source is invisible to the target: whatever the padded positions hold.
     model.eval()
+    src_key_mask = torch.ones(2, 45, dtype=torch.bool)
+    src_key_mask[1, 40:] = False
     src2 = src.clone()
+    src2[1, 40:] = src[1, 40:] % 22 + 1  # other non-zero ids
+    assert (src2 != src).any() and (src2[:, 40:] != 0).all()
     with torch.no_grad():
-        a = model(src, tgt)
-        src2[1, 40:] = 0
-        torch.testing.assert_close(model(src2, tgt), a)
+        a = model(src, tgt, src_key_mask=src_key_mask)
+        torch.testing.assert_close(model(src2, tgt, src_key_mask=src_key_mask), a)
+        assert not torch.allclose(model(src2, tgt)[1], a[1])  # unmasked (pad_id 0 is absent), they count
     with pytest.raises(ValueError, match="src"):
         model(torch.full((1, 4), 30), tgt[:1])
     with pytest.raises(ValueError, match="batch"):
         model(src, tgt[:1])
+
+
+def test_encoder_decoder_greedy_generation_is_the_argmax_of_full_forwards():
+    torch.manual_seed(0)
+    model = Reformer(_config(src_vocab_size=23, attn_layers=("lsh", "full"))).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # away from the initialisation, whose greedy output is one token repeated
+            p.add_(0.5 * torch.randn_like(p))
+    src = torch.randint(1, 23, (2, 20))
+    src_key_mask = torch.ones(2, 20, dtype=torch.bool)
+    src_key_mask[1, 4:] = False  # mostly padding: without the mask, row 1 would read other tokens
+    out = model.generate(src, 6, bos_id=1, src_key_mask=src_key_mask)
+    seq = torch.ones(2, 1, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(6):
+            logits = model(src, seq, src_key_mask=src_key_mask)
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+    assert len(set(seq[:, 1:].flatten().tolist())) > 2  # not a degenerate repetition
 
 
 def test_encoder_decoder_reversible_equals_plain():

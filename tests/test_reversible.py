@@ -17,8 +17,8 @@ class _Attn(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.attn = LSHSelfAttention(d, 2, n_hashes=2, bucket_size=8, causal=causal, dropout=dropout)
 
-    def forward(self, x, mask=None, **_):
-        return self.attn(self.norm(x), mask=mask)
+    def forward(self, x, key_mask=None, **_):
+        return self.attn(self.norm(x), key_mask=key_mask)
 
 
 class _Cross(nn.Module):
@@ -67,8 +67,8 @@ def test_reversible_gradients_equal_plain(dropout):
     x = torch.randn(2, 41, d, dtype=torch.float64)
     mask = torch.ones(2, 41, dtype=torch.bool)
     mask[1, 30:] = False
-    y_r, gx_r, gp_r, _ = _grads(rev, x, seed=5, mask=mask)
-    y_p, gx_p, gp_p, _ = _grads(plain, x, seed=5, mask=mask)
+    y_r, gx_r, gp_r, _ = _grads(rev, x, seed=5, key_mask=mask)
+    y_p, gx_p, gp_p, _ = _grads(plain, x, seed=5, key_mask=mask)
     torch.testing.assert_close(y_r, y_p)
     torch.testing.assert_close(gx_r, gx_p)
     for a, b in zip(gp_r, gp_p):
@@ -118,11 +118,17 @@ def test_reversible_memory_does_not_grow_with_depth():
             [m for _ in range(n) for m in (_Attn(d), ChunkedFeedForward(d, 64, chunks=2))], reversible=True
         )
 
-    x = torch.randn(1, 256, d, requires_grad=True)
+    x = torch.randn(1, 256, d, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    act = x.numel() * x.element_size()  # one activation, (1, 256, 16) float32: 16 KiB
     one, six = _saved_bytes(stack(1), x), _saved_bytes(stack(6), x)
-    assert six <= one * 1.05 + 6 * 64 * 1024  # parameters aside, nothing per layer
+    # The budget, derived: a reversible stack saves its two final streams (two activations) and nothing
+    # per layer. Parameters are not saved tensors, and the random states replayed in backward (a few KiB
+    # per branch, whatever the sequence length) live on the autograd context. The bound this replaces,
+    # one * 1.05 + 6 * 64 * 1024, let each layer keep 64 KiB, four activations, unnoticed.
+    assert one <= 2 * act
+    assert six - one < act / 4  # five more layers add less than a quarter of one activation in all
     plain = ReversibleSequence(stack(6).branches, reversible=False)
-    assert _saved_bytes(plain, x) > 3 * six
+    assert _saved_bytes(plain, x) >= 12 * act  # each of the 12 branches keeps at least its input
 
 
 def test_reversible_rejects_bad_input():
@@ -193,20 +199,27 @@ def test_axial_positional_embedding():
 
 
 def test_reversible_recomputes_under_the_forward_autocast():
-    # Backward must recompute each branch in the forward's precision, or the rebuilt inputs and the
-    # gradients drift from those of the same network run without reversibility.
+    # Backward recomputes each branch, to rebuild its input and to differentiate it. Under the forward's
+    # bf16 autocast, replayed, it repeats the forward's arithmetic, so the gradients are those of the
+    # same network run without reversibility (here: parameter gradients bit for bit, the input's within
+    # 1e-6). Recomputed in float32 instead, the rebuilt inputs and the gradients move by bf16 rounding:
+    # 2e-2 to 1e-1 here, far outside the tolerance.
     def branches():
         torch.manual_seed(0)
         return [nn.Sequential(nn.Linear(16, 16), nn.GELU()) for _ in range(4)]
 
-    x = torch.randn(2, 8, 16)
-    grads = []
-    for reversible in (True, False):
+    x = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(1))
+
+    def grads(reversible, autocast):
         seq = ReversibleSequence(branches(), reversible=reversible)
         xi = x.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             y = seq(xi)
         y.float().square().sum().backward()
-        grads.append([xi.grad, *(p.grad for p in seq.parameters())])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+        return [xi.grad, *(p.grad for p in seq.parameters())]
+
+    rev, plain, fp32 = grads(True, True), grads(False, True), grads(False, False)
+    for a, b in zip(rev, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # bf16 shows at that tolerance: the same network's float32 gradients are 1e-2 and more away
+    assert max((a - b).abs().max().item() for a, b in zip(plain, fp32)) > 1e-2

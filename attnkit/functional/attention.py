@@ -4,7 +4,9 @@
 
 Masks are boolean everywhere in attnkit, ``True`` meaning "may attend" (the polarity of
 ``torch.nn.functional.scaled_dot_product_attention``). A query row with no key it may attend to
-gives a zero output (and zero gradient), never NaN.
+gives a zero output (and zero gradient), never NaN. Two kinds, two names: an ``attn_mask`` broadcasts
+to (.., T, S) (query by key); a ``key_mask`` is a (B, S) padding mask over the keys (True = real token),
+checked by :func:`check_key_mask` and turned into an attention mask by :func:`key_to_attn_mask`.
 """
 
 from __future__ import annotations
@@ -31,13 +33,38 @@ def causal_mask(T: int, S: int | None = None, device=None) -> Tensor:
 
 
 def padding_mask(lengths: Tensor, S: int) -> Tensor:
-    """Boolean (B, 1, 1, S) key mask from sequence lengths: True for the first ``lengths[b]`` keys."""
+    """Boolean (B, 1, 1, S) attention mask from sequence lengths: True for the first ``lengths[b]`` keys."""
     if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.is_floating_point():
         raise TypeError(f"padding_mask: lengths must be a 1-D integer tensor, got {_describe(lengths)}")
     if (lengths < 0).any() or (lengths > S).any():
         raise ValueError(f"padding_mask: lengths must lie in [0, S={S}], got {lengths.tolist()}")
     positions = torch.arange(S, device=lengths.device)
-    return (positions[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+    return key_to_attn_mask(positions[None, :] < lengths[:, None])  # (B, 1, 1, S)
+
+
+def check_key_mask(key_mask, B: int, S: int, name: str = "key_mask") -> Tensor | None:
+    """Check a key padding mask: a boolean (B, S) tensor, True = real token. Returns it (None stays None).
+
+    The one place attnkit validates a padding mask; :func:`key_to_attn_mask` turns it into an attention
+    mask, and LSH attention takes it as it is.
+    """
+    if key_mask is None:
+        return None
+    if not isinstance(key_mask, Tensor):
+        raise TypeError(f"{name} must be a boolean torch.Tensor (True = real token), got {_describe(key_mask)}")
+    if key_mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a boolean tensor (True = real token), got dtype {key_mask.dtype}")
+    if tuple(key_mask.shape) != (B, S):
+        raise ValueError(
+            f"{name} must be a key padding mask of shape (B, S) = ({B}, {S}), got shape {tuple(key_mask.shape)}"
+            + (" (an attention mask (.., T, S) is not a key padding mask)" if key_mask.dim() > 2 else "")
+        )
+    return key_mask
+
+
+def key_to_attn_mask(key_mask: Tensor | None) -> Tensor | None:
+    """A (B, S) key padding mask as an attention mask (B, 1, 1, S): every query may attend to the real keys."""
+    return None if key_mask is None else key_mask[:, None, None, :]
 
 
 def dot_product_attention(
@@ -45,20 +72,21 @@ def dot_product_attention(
     k: Tensor,
     v: Tensor,
     *,
-    mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
     causal: bool = False,
     dropout_p: float = 0.0,
     scale: float | None = None,
     impl: str = "auto",
     return_weights: bool = False,
-):
+) -> Tensor | tuple[Tensor, Tensor]:
     """Scaled dot-product attention over heads.
 
     Args:
         q: queries (B, H, T, D).
         k: keys (B, H_kv, S, D); ``H_kv`` divides ``H`` (grouped-query attention when smaller).
         v: values (B, H_kv, S, D_v).
-        mask: boolean, True = may attend, broadcastable to (B, H, T, S).
+        attn_mask: boolean attention mask, True = may attend, broadcastable to (B, H, T, S) (a (B, S) key
+            padding mask becomes one by :func:`key_to_attn_mask`).
         causal: forbid attending to later positions; with ``T < S`` queries are aligned to the last
             T keys (decoding with a KV cache).
         dropout_p: dropout on the attention weights (the caller passes 0.0 in eval mode).
@@ -78,13 +106,13 @@ def dot_product_attention(
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     B, H, T, D = q.shape
     S = k.shape[-2]
-    if mask is not None:
-        _check_mask(mask, (B, H, T, S))
+    if attn_mask is not None:
+        _check_attn_mask(attn_mask, (B, H, T, S))
     scale = 1.0 / math.sqrt(D) if scale is None else scale
 
     if return_weights or impl == "reference":
-        return _reference(q, k, v, mask, causal, dropout_p, scale, return_weights)
-    return _sdpa(q, k, v, mask, causal, dropout_p, scale)
+        return _reference(q, k, v, attn_mask, causal, dropout_p, scale, return_weights)
+    return _sdpa(q, k, v, attn_mask, causal, dropout_p, scale)
 
 
 def _reference(q, k, v, mask, causal, dropout_p, scale, return_weights):
@@ -167,13 +195,13 @@ def _check_qkv(q, k, v):
         )
 
 
-def _check_mask(mask, shape):
+def _check_attn_mask(mask, shape):
     if not isinstance(mask, Tensor):
-        raise TypeError(f"mask must be a boolean torch.Tensor, got {_describe(mask)}")
+        raise TypeError(f"attn_mask must be a boolean torch.Tensor, got {_describe(mask)}")
     if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
+        raise TypeError(f"attn_mask must be boolean (True = may attend), got dtype {mask.dtype}")
     ok = mask.dim() <= 4 and all(m in (1, s) for m, s in zip(mask.shape[::-1], shape[::-1]))
     if not ok:
         raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to (B, H, T, S) = {tuple(shape)}"
+            f"attn_mask of shape {tuple(mask.shape)} does not broadcast to (B, H, T, S) = {tuple(shape)}"
         )

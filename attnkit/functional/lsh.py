@@ -43,6 +43,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..kernels.alloc import token_major
+from .attention import check_key_mask
+
 IMPLS = ("auto", "reference", "chunked", "fused")
 FACTORIZE_ABOVE = 128  # more buckets than this are hashed as a product of two smaller rotations
 _HASH_BLOCK = 8192  # tokens hashed at a time on CPU (per head)
@@ -176,19 +179,19 @@ def _hash_all_heads(x: Tensor, ids: Tensor, factors: tuple[int, ...], rotations:
 
 
 def shared_qk_attention(
-    qk: Tensor, v: Tensor, *, causal: bool = False, mask: Tensor | None = None, scale: float | None = None
+    qk: Tensor, v: Tensor, *, causal: bool = False, key_mask: Tensor | None = None, scale: float | None = None
 ) -> Tensor:
     """Exact (full) shared-QK attention, the limit LSH attention approximates.
 
     Scores ``qk_i . k_j * scale`` with ``k_j = qk_j / |qk_j|``; a token attends to itself only when it
-    has no other target. ``mask``: key padding mask, True = real token, (B, L) or (B, 1, 1, L). Rows of
-    padding tokens give zeros.
+    has no other target. ``key_mask``: key padding mask (B, L), True = real token. Rows of padding
+    tokens give zeros.
 
     Shape: qk (B, H, L, D), v (B, H, L, D_v) -> (B, H, L, D_v).
     """
     _check_inputs(qk, v)
     B, H, L, D = qk.shape
-    valid = _key_mask(mask, B, H, L)
+    valid = _valid(key_mask, B, H, L)
     scale = D**-0.5 if scale is None else scale
     k = torch.nn.functional.normalize(qk, dim=-1) * scale
     scores = (qk @ k.transpose(-2, -1)).to(_compute_dtype(qk.dtype))  # (B, H, L, L)
@@ -216,7 +219,7 @@ def lsh_attention(
     n_hashes: int = 4,
     bucket_size: int = 64,
     causal: bool = False,
-    mask: Tensor | None = None,
+    key_mask: Tensor | None = None,
     seed: int | None = None,
     impl: str = "auto",
     n_buckets: int | tuple[int, ...] | None = None,
@@ -234,8 +237,8 @@ def lsh_attention(
         bucket_size: tokens per chunk; the default bucket count is about L / bucket_size. Any L works:
             the sequence is padded inside, and a sequence no longer than bucket_size is one bucket.
         causal: a token attends only to tokens at its position or before (original positions).
-        mask: key padding mask, True = real token, (B, L) or (B, 1, 1, L). Padding tokens are never
-            attended to, and their own outputs are zero.
+        key_mask: key padding mask (B, L), True = real token. Padding tokens are never attended to,
+            and their own outputs are zero. (LSH attention takes no general attention mask.)
         seed: seeds the random rotations (and the dropout masks). ``None`` draws one from torch's
             global generator, so ``torch.manual_seed`` makes a run repeatable.
         impl: ``"reference"`` (plain full-matrix version), ``"chunked"`` (sorted, sliced, memory-lean),
@@ -261,7 +264,7 @@ def lsh_attention(
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     B, H, L, D = qk.shape
     plan = lsh_plan(L, bucket_size, n_buckets)
-    valid = _key_mask(mask, B, H, L)  # (B, H, L) or None
+    valid = _valid(key_mask, B, H, L)  # (B, H, L) or None
     scale = D**-0.5 if scale is None else float(scale)
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
@@ -499,11 +502,6 @@ def _slice_chunks(C: int) -> int:
     return max(1, _SLICE_ELEMENTS // (2 * C * C))
 
 
-def _token_major(B: int, H: int, L: int, D: int, **kwargs) -> Tensor:
-    """A (B, H, L, D) tensor laid out as (B, L, H, D), so merging the heads afterwards is a view."""
-    return torch.empty(B, L, H, D, **kwargs).permute(0, 2, 1, 3)
-
-
 class _LSHAttentionFunction(torch.autograd.Function):
     """Chunked LSH attention over (B, H, L, D).
 
@@ -523,7 +521,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         cdt = _compute_dtype(qk.dtype)
         sdt = torch.float64 if cdt == torch.float64 else torch.float32  # log-sum-exp
         device = qk.device
-        out = _token_major(B, H, L, Dv, dtype=cdt, device=device)
+        out = token_major(B, H, L, Dv, dtype=cdt, device=device)
         lse = torch.empty(B, H, L, dtype=sdt, device=device)
         lse_rounds = torch.empty(B * H, R, plan.padded_length, dtype=sdt, device=device)  # sorted order
         S = min(_slice_chunks(C), plan.n_chunks)
@@ -766,19 +764,7 @@ def _check_inputs(qk, v) -> None:
         raise ValueError("qk has length 0: LSH attention needs at least one token")
 
 
-def _key_mask(mask, B: int, H: int, L: int) -> Tensor | None:
-    """A key padding mask, (B, L) or (B, 1, 1, L) (or with H heads), as (B, H, L) booleans."""
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"mask must be a boolean torch.Tensor, got {_describe(mask)}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be boolean (True = real token), got dtype {mask.dtype}")
-    if mask.dim() == 2 and mask.shape == (B, L):
-        return mask[:, None, :].expand(B, H, L)
-    if mask.dim() == 4 and mask.shape[0] == B and mask.shape[1] in (1, H) and mask.shape[2] == 1 and mask.shape[3] == L:
-        return mask[:, :, 0, :].expand(B, H, L)
-    raise ValueError(
-        f"mask must be a key padding mask of shape (B, L) = ({B}, {L}) or (B, 1, 1, L) = ({B}, 1, 1, {L}); "
-        f"got shape {tuple(mask.shape)} (LSH attention supports padding masks only)"
-    )
+def _valid(key_mask, B: int, H: int, L: int) -> Tensor | None:
+    """The (B, L) key padding mask, checked, as (B, H, L) booleans (a view: one row per head)."""
+    key_mask = check_key_mask(key_mask, B, L, "key_mask")
+    return None if key_mask is None else key_mask[:, None, :].expand(B, H, L)

@@ -1,12 +1,12 @@
 """Pretrained weights from Hugging Face folders and GGUF files, and back.
 
-    enc = TransformerEncoder.from_pretrained("path/to/all-MiniLM-L6-v2")         # BERT family
-    lm = TransformerLM.from_pretrained("path/to/folder", gguf_file="model.gguf")  # Llama family
-    lm.save_pretrained("out/")   # a folder transformers loads (LlamaForCausalLM / BertModel)
+    enc = load_pretrained("path/to/all-MiniLM-L6-v2", expect=TransformerEncoder)  # BERT family
+    lm = load_pretrained("path/to/folder", gguf_file="model.gguf")                # Llama family
+    save_pretrained(lm, "out/")   # a folder transformers loads (LlamaForCausalLM / BertModel)
+    tokenizer = PretrainedTokenizer(load_tokenizer("path/to/folder"))             # encode/decode text
 
-``TransformerEncoder.from_pretrained``, ``TransformerLM.from_pretrained`` and their ``save_pretrained``
-call :func:`load_pretrained` and :func:`save_pretrained` here. The packages they need (``gguf`` for GGUF
-files, ``tokenizers``) are imported only when used.
+The models know nothing of file formats: this package imports them, never the other way round. The
+packages it needs (``gguf`` for GGUF files, ``tokenizers``) are imported only when used.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 from .errors import UnsupportedCheckpoint
 from .hf import SUPPORTED_MODEL_TYPES, load_pretrained, save_pretrained
 from .sentence import embed_sentences, sentence_embeddings
-from .tokenizer import encode, load_tokenizer
+from .tokenizer import PretrainedTokenizer, encode, load_tokenizer
 
 __all__ = [
+    "PretrainedTokenizer",
     "SUPPORTED_MODEL_TYPES",
     "UnsupportedCheckpoint",
     "embed_sentences",

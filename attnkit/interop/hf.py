@@ -185,7 +185,7 @@ def llama_config(hf: dict[str, Any]) -> TransformerLMConfig:
     return TransformerLMConfig(
         vocab_size=hf["vocab_size"], d_model=d_model, n_heads=n_heads, n_layers=hf["num_hidden_layers"],
         d_ff=hf["intermediate_size"], max_len=hf.get("max_position_embeddings", 2048),
-        dropout=float(hf.get("attention_dropout", 0.0)), positional="rotary", rope_base=float(theta),
+        dropout=float(hf.get("attention_dropout", 0.0)), positional="rotary", rotary_base=float(theta),
         norm="rms", norm_first=True, norm_eps=hf.get("rms_norm_eps", 1e-6), activation="swiglu",
         bias=attention_bias, d_head=None if head_dim * n_heads == d_model else head_dim,
         n_kv_heads=hf.get("num_key_value_heads", n_heads), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -240,8 +240,8 @@ def to_llama(model: TransformerLM) -> tuple[dict[str, Any], dict[str, Tensor]]:
         "hidden_size": c.d_model, "intermediate_size": c.d_ff, "num_hidden_layers": c.n_layers,
         "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads or c.n_heads,
         "head_dim": head_dim, "hidden_act": "silu", "max_position_embeddings": c.max_len,
-        "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_base},
+        "rms_norm_eps": c.norm_eps, "rope_theta": c.rotary_base,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rotary_base},
         "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": c.dropout,
         "tie_word_embeddings": c.tie_embeddings, "initializer_range": 0.02, "use_cache": True,
     }
@@ -280,7 +280,7 @@ def _family(hf_config: dict[str, Any], path, expect):
     if expect is not None and cls is not expect:
         raise UnsupportedCheckpoint(
             f"{path} is a {model_type} checkpoint, which loads as {cls.__name__}, not {expect.__name__}; "
-            f"use {cls.__name__}.from_pretrained"
+            f"load it with expect={cls.__name__} (or expect=None)"
         )
     return model_type, make_config, make_names, normalize, ignored, cls
 
@@ -302,16 +302,16 @@ def _resolve(path: str | Path, gguf_file: str | Path | None) -> tuple[Path, Path
 
 
 def load_pretrained(
-    path: str | Path, gguf_file: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
-    expect: type[nn.Module] | None = None,
+    path: str | Path, gguf_file: str | Path | None = None, expect: type[nn.Module] | None = None, *,
+    dtype: torch.dtype = torch.float32,
 ) -> TransformerEncoder | TransformerLM:
     """Build an attnkit model from a Hugging Face folder or a GGUF file, in eval mode.
 
     Args:
         path: a folder with ``config.json`` and safetensors weights, or a ``.gguf`` file.
         gguf_file: a GGUF file inside ``path`` (or a path to one), as in ``transformers``.
-        dtype: dtype of the parameters (GGUF tensors are dequantized to it).
         expect: the model class wanted; a checkpoint of the other kind raises ``UnsupportedCheckpoint``.
+        dtype: dtype of the parameters (GGUF tensors are dequantized to it).
 
     Returns:
         A :class:`TransformerEncoder` for ``model_type`` "bert" or a :class:`TransformerLM` for "llama"
@@ -366,7 +366,7 @@ def load_pretrained(
     return model.eval()
 
 
-def save_pretrained(model: nn.Module, path: str | Path, *, tokenizer=None) -> Path:
+def save_pretrained(model: nn.Module, path: str | Path, tokenizer=None) -> Path:
     """Write ``model`` as a Hugging Face folder (``config.json`` + ``model.safetensors``).
 
     A :class:`TransformerEncoder` becomes a ``BertModel`` (without BERT's pooler, which attnkit's encoder

@@ -9,12 +9,12 @@ from torch import Tensor
 from .tokenizer import encode
 
 
-def sentence_embeddings(hidden: Tensor, mask: Tensor, normalize: bool = True) -> Tensor:
+def sentence_embeddings(hidden: Tensor, key_mask: Tensor, normalize: bool = True) -> Tensor:
     """Mean of the hidden states over real tokens, L2-normalized if ``normalize``.
 
-    Shape: hidden (B, T, d_model), mask (B, T) boolean (True = real token) -> (B, d_model).
+    Shape: hidden (B, T, d_model), key_mask (B, T) boolean (True = real token) -> (B, d_model).
     """
-    m = mask.to(hidden.dtype)[..., None]  # (B, T, 1)
+    m = key_mask.to(hidden.dtype)[..., None]  # (B, T, 1)
     pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, p=2, dim=-1) if normalize else pooled
 
@@ -42,9 +42,9 @@ def _embed(model, tokenizer, texts, batch_size, max_length, normalize):
     out = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        tokens, mask = encode(tokenizer, [texts[i] for i in idx], max_length=max_length)
-        tokens, mask = tokens.to(device), mask.to(device)
-        emb = sentence_embeddings(model(tokens, mask=mask), mask, normalize=normalize)
+        tokens, key_mask = encode(tokenizer, [texts[i] for i in idx], max_length=max_length)
+        tokens, key_mask = tokens.to(device), key_mask.to(device)
+        emb = sentence_embeddings(model(tokens, key_mask=key_mask), key_mask, normalize=normalize)
         for j, i in enumerate(idx):
             out[i] = emb[j]
     return torch.stack(out)

@@ -1,7 +1,8 @@
 """Tokenizers that come with a checkpoint: a folder's ``tokenizer.json``, or a GGUF file's vocabulary.
 
 Both become a Hugging Face ``tokenizers.Tokenizer``. :func:`encode` turns a batch of texts into the
-(tokens, mask) pair attnkit's models take, padded on the right.
+(tokens, key_mask) pair attnkit's models take, padded on the right; :class:`PretrainedTokenizer` gives
+such a tokenizer the interface of attnkit's own tokenizers (text in, ids out, and back).
 """
 
 from __future__ import annotations
@@ -18,6 +19,38 @@ from .errors import UnsupportedCheckpoint
 _BYTE_LEVEL_PRE = {"default": False, "gpt2": False, "gpt-2": False, "smollm": True}
 _CONTROL = 3  # llama.cpp token type of special tokens such as <|im_start|>
 _USER_DEFINED = 4
+# the end-of-text tokens of the common chat and base vocabularies (GPT-2, ChatML, Llama 2, Llama 3)
+STOP_TOKENS = ("<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>")
+
+
+class PretrainedTokenizer:
+    """A checkpoint's ``tokenizers.Tokenizer`` with the interface of attnkit's tokenizers.
+
+    ``encode(text) -> list[int]`` adds no special tokens (a prompt continues as written);
+    ``decode(ids) -> str`` skips special tokens. ``stop_ids`` are the ids of the vocabulary's end-of-text
+    tokens (those of :data:`STOP_TOKENS` it has), for generation's ``eos_id``. ``unk_id`` is None: a
+    byte-level vocabulary encodes any text.
+    """
+
+    unk_id = None
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.stop_ids: list[int] = [i for t in STOP_TOKENS if (i := tokenizer.token_to_id(t)) is not None]
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of ids, added tokens included."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """text -> ids, without special tokens."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        """ids (any iterable of ints, or a 1-D tensor) -> text, special tokens skipped."""
+        ids = ids.tolist() if isinstance(ids, Tensor) else [int(i) for i in ids]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _tokenizers():
@@ -118,7 +151,7 @@ def _transformers_gguf_tokenizer(path: Path, what: str):
 def encode(
     tokenizer, texts: list[str], *, max_length: int | None = None, pad_id: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Tokenize a batch and pad it on the right -> (tokens (B, T) long, mask (B, T) bool, True = real).
+    """Tokenize a batch and pad it on the right -> (tokens (B, T) long, key_mask (B, T) bool, True = real).
 
     Args:
         tokenizer: a ``tokenizers.Tokenizer`` (adds the special tokens its post-processor defines).
@@ -145,6 +178,6 @@ def encode(
     lengths = [len(x) for x in ids]
     T = max(lengths)
     tokens = torch.tensor([x + [pad_id] * (T - len(x)) for x in ids], dtype=torch.long)
-    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
-    return tokens, mask
+    key_mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
+    return tokens, key_mask
 

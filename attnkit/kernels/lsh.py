@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..functional.lsh import _token_major
+from .alloc import token_major
 
 _DELTA_BLOCK = 1 << 16  # tokens per step when computing dO . O (bounds the temporary)
 
@@ -95,7 +95,7 @@ class _FusedLSH(torch.autograd.Function):
         Dv = v.shape[-1]
         R = order.shape[1]
         # The running output across rounds is kept in v's dtype; padding tokens are never written (zeros).
-        out = _token_major(B, H, L, Dv, dtype=v.dtype, device=qk.device).zero_()
+        out = token_major(B, H, L, Dv, dtype=v.dtype, device=qk.device).zero_()
         lse = torch.full((B * H, L), float("-inf"), dtype=torch.float32, device=qk.device)
         for r in range(R):
             lsh_forward_kernel[(n_chunks, B * H)](
@@ -130,8 +130,8 @@ class _FusedLSH(torch.autograd.Function):
             t1 = min(t0 + _DELTA_BLOCK, L)
             prod = grad_out[:, :, t0:t1].float() * out[:, :, t0:t1].float()
             delta[:, t0:t1] = prod.sum(-1).reshape(B * H, t1 - t0)
-        dqk = _token_major(B, H, L, D, dtype=qk.dtype, device=qk.device).zero_()
-        dv = _token_major(B, H, L, Dv, dtype=v.dtype, device=qk.device).zero_()
+        dqk = token_major(B, H, L, D, dtype=qk.dtype, device=qk.device).zero_()
+        dv = token_major(B, H, L, Dv, dtype=v.dtype, device=qk.device).zero_()
         for r in range(R):
             lsh_backward_kernel[(n_chunks, B * H)](
                 qk, v, grad_out, lse, delta, dqk, dv, order, code,

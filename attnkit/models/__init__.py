@@ -2,17 +2,21 @@
 
 from .encoder import (
     MaskedLMHead, SequenceClassificationHead, TransformerEncoder, TransformerEncoderConfig,
-    TransformerEncoderForMaskedLM, mask_tokens,
+    TransformerEncoderForMaskedLM,
 )
+from .common import LMCache
 from .lm import TransformerLM, TransformerLMConfig
 from .reformer import Reformer, ReformerConfig, ReformerLM
-from .rnn import RNNSeq2Seq, RNNSeq2SeqConfig
+from .rnn import RNNEncoding, RNNSeq2Seq, RNNSeq2SeqConfig, RNNState
 from .transformer import Transformer, TransformerConfig
 
 __all__ = [
+    "LMCache",
     "MaskedLMHead",
+    "RNNEncoding",
     "RNNSeq2Seq",
     "RNNSeq2SeqConfig",
+    "RNNState",
     "Reformer",
     "ReformerConfig",
     "ReformerLM",
@@ -24,5 +28,4 @@ __all__ = [
     "TransformerEncoderForMaskedLM",
     "TransformerLM",
     "TransformerLMConfig",
-    "mask_tokens",
 ]

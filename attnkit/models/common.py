@@ -1,16 +1,20 @@
-"""Pieces shared by the model families: token checks, embeddings, a stack of blocks."""
+"""Pieces shared by the model families: token and padding-mask checks, embeddings, a stack of blocks."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..nn import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, make_norm
+from ..functional import check_key_mask
+from ..nn import AxialPositionalEmbedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding, make_norm
+from ..nn.axial import axial_shape as default_axial_shape
 from ..nn.block import BlockCache, TransformerBlock
 
-POSITIONALS = ("sinusoidal", "learned", "rotary", "none")
+POSITIONALS = ("sinusoidal", "learned", "rotary", "none")  # the Transformer families' choices
+EMBEDDING_POSITIONALS = (*POSITIONALS, "axial")  # what Embeddings builds (axial: the Reformer)
 
 
 def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> None:
@@ -28,15 +32,14 @@ def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> None:
             raise ValueError(f"{name} holds id {bad}, outside the vocabulary [0, {vocab_size})")
 
 
-def check_key_mask(mask, tokens: Tensor, name: str) -> Tensor | None:
-    """A (B, T) boolean padding mask (True = real token) -> (B, 1, 1, T) attention mask."""
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"{name} must be a boolean tensor (True = real token), got {getattr(mask, 'dtype', type(mask))}")
-    if mask.shape != tokens.shape:
-        raise ValueError(f"{name} must have the tokens' shape {tuple(tokens.shape)}, got {tuple(mask.shape)}")
-    return mask[:, None, None, :]  # (B, 1, 1, T)
+def resolve_key_mask(
+    tokens: Tensor, key_mask: Tensor | None, pad_id: int | None = None, name: str = "key_mask"
+) -> Tensor | None:
+    """The (B, T) padding mask of ``tokens`` (True = real token): ``key_mask`` if given (checked against
+    the tokens' shape), else ``tokens != pad_id`` when the model has a ``pad_id``, else None."""
+    if key_mask is None and pad_id is not None:
+        return tokens != pad_id
+    return check_key_mask(key_mask, *tokens.shape, name=name)
 
 
 def check_same_batch(**tensors: Tensor) -> None:
@@ -46,10 +49,12 @@ def check_same_batch(**tensors: Tensor) -> None:
 
 
 class Embeddings(nn.Module):
-    """Token embedding + positional encoding (+ token types, optional norm), then dropout.
+    """Token embedding + positional encoding (+ token types, optional norm), then dropout (once).
 
-    ``scale`` multiplies token embeddings by sqrt(d_model), as in the Transformer paper; rotary and
-    "none" add nothing here (rotary acts inside attention).
+    ``positional``: "sinusoidal", "learned", "axial" (the Reformer's, laid out on ``axial_shape``,
+    default near-square for ``max_len``), "rotary" or "none"; rotary and "none" add nothing here
+    (rotary acts inside attention). ``scale`` multiplies token embeddings by sqrt(d_model), as in the
+    Transformer paper.
     """
 
     def __init__(
@@ -64,14 +69,18 @@ class Embeddings(nn.Module):
         n_token_types: int = 0,
         norm: str | None = None,
         norm_eps: float = 1e-5,
+        axial_shape: tuple[int, int] | None = None,
     ):
         super().__init__()
+        if positional not in EMBEDDING_POSITIONALS:
+            raise ValueError(f"positional must be one of {EMBEDDING_POSITIONALS}, got {positional!r}")
         self.vocab_size, self.max_len = vocab_size, max_len
         self.token = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.token.weight, std=d_model**-0.5 if scale else 0.02)
         self.position = {
             "sinusoidal": lambda: SinusoidalPositionalEncoding(d_model),
             "learned": lambda: LearnedPositionalEmbedding(max_len, d_model),
+            "axial": lambda: AxialPositionalEmbedding(d_model, axial_shape or default_axial_shape(max_len)),
         }.get(positional, lambda: None)()
         self.token_type = nn.Embedding(n_token_types, d_model) if n_token_types else None
         self.norm = make_norm(norm, d_model, norm_eps) if norm else None
@@ -97,31 +106,31 @@ class Embeddings(nn.Module):
         return self.dropout(x)
 
 
-def run_blocks(
-    blocks: nn.ModuleList, x: Tensor, caches: list[BlockCache] | None = None, **kwargs
-) -> tuple[Tensor, list[BlockCache]]:
-    """Apply the blocks in order, threading each one's cache."""
-    new_caches = []
+@dataclass(frozen=True)
+class LMCache:
+    """The caches of a decoder stack, one :class:`~attnkit.nn.BlockCache` per layer (TransformerLM, and
+    the Transformer's decoder). A dataclass, so that beam search can reorder it."""
+
+    layers: tuple[BlockCache, ...]
+
+    @property
+    def length(self) -> int:
+        """The number of positions the caches hold."""
+        return self.layers[0].self_attn.length
+
+
+def cache_length(cache: LMCache | None) -> int:
+    return 0 if cache is None else cache.length
+
+
+def run_blocks(blocks: nn.ModuleList, x: Tensor, cache: LMCache | None = None, **kwargs) -> tuple[Tensor, LMCache]:
+    """Apply the blocks in order, threading each one's cache; ``kwargs`` go to every block."""
+    new = []
     for i, block in enumerate(blocks):
-        x, cache = block(x, cache=None if caches is None else caches[i], **kwargs)
-        new_caches.append(cache)
-    return x, new_caches
+        x, layer = block(x, cache=None if cache is None else cache.layers[i], **kwargs)
+        new.append(layer)
+    return x, LMCache(tuple(new))
 
 
 def make_blocks(n_layers: int, **block_args) -> nn.ModuleList:
     return nn.ModuleList(TransformerBlock(**block_args) for _ in range(n_layers))
-
-
-def cache_length(caches) -> int:
-    return 0 if caches is None else caches[0][0].length
-
-
-class SavePretrainedMixin:
-    """``save_pretrained(path)``: write the model as a Hugging Face folder (see attnkit.interop)."""
-
-    def save_pretrained(self, path, *, tokenizer=None):
-        """Write this model as a folder that transformers loads (config.json, safetensors, and the
-        tokenizer if given). See :func:`attnkit.interop.save_pretrained`."""
-        from ..interop import save_pretrained  # interop imports the models: import it when used
-
-        return save_pretrained(self, path, tokenizer=tokenizer)

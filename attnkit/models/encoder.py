@@ -8,13 +8,22 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
+from ..functional import check_key_mask, key_to_attn_mask
 from ..nn import make_norm
 from ..nn.layers import ACTIVATIONS, activation_fn
-from .common import POSITIONALS, Embeddings, SavePretrainedMixin, check_key_mask, check_tokens, make_blocks, run_blocks
+from .common import POSITIONALS, Embeddings, check_tokens, make_blocks, resolve_key_mask, run_blocks
 
 
 @dataclass
 class TransformerEncoderConfig(Config):
+    """Configuration of :class:`TransformerEncoder`, a bidirectional (BERT-style) encoder.
+
+    ``n_token_types``: segment embeddings added to the tokens (BERT: 2; 0 for none). ``embed_norm``:
+    LayerNorm the summed embeddings (BERT does). ``norm_first``: pre-norm with a final norm, or post-norm
+    (BERT: False). ``pad_id``: when set, a missing ``key_mask`` is derived as ``tokens != pad_id``.
+    ``positional``: "learned" or "sinusoidal" (or "none"); rotary is not supported here.
+    """
+
     vocab_size: int = 8000
     d_model: int = 256
     n_heads: int = 4
@@ -42,20 +51,13 @@ class TransformerEncoderConfig(Config):
             raise ValueError(f"n_token_types must be >= 0, got {self.n_token_types}")
 
 
-class TransformerEncoder(SavePretrainedMixin, nn.Module):
+class TransformerEncoder(nn.Module):
     """Bidirectional encoder: every position attends to every (unpadded) position.
 
-    ``forward(tokens, mask=None) -> hidden states (B, T, d_model)``; put a :class:`MaskedLMHead` or a
-    :class:`SequenceClassificationHead` on top. ``from_pretrained`` loads BERT-family weights.
+    ``forward(tokens, key_mask=None) -> hidden states (B, T, d_model)``; put a :class:`MaskedLMHead` or
+    a :class:`SequenceClassificationHead` on top. :func:`attnkit.interop.load_pretrained` loads
+    BERT-family weights into one.
     """
-
-    @classmethod
-    def from_pretrained(cls, path, *, dtype=None) -> TransformerEncoder:
-        """Load a BERT-family Hugging Face folder (config.json + safetensors) in eval mode.
-        See :func:`attnkit.interop.load_pretrained`."""
-        from ..interop import load_pretrained
-
-        return load_pretrained(path, expect=TransformerEncoder, **({} if dtype is None else {"dtype": dtype}))
 
     def __init__(self, config: TransformerEncoderConfig):
         super().__init__()
@@ -70,15 +72,16 @@ class TransformerEncoder(SavePretrainedMixin, nn.Module):
         )
         self.norm = make_norm("layer", c.d_model, c.norm_eps) if c.norm_first else nn.Identity()
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None, token_types: Tensor | None = None) -> Tensor:
-        """tokens (B, T) -> hidden states (B, T, d_model); ``mask`` (B, T) is True for real tokens."""
+    def forward(
+        self, tokens: Tensor, key_mask: Tensor | None = None, token_types: Tensor | None = None
+    ) -> Tensor:
+        """tokens (B, T) -> hidden states (B, T, d_model); ``key_mask`` (B, T) is True for real tokens
+        (default ``tokens != pad_id`` when the config has a ``pad_id``)."""
         check_tokens(tokens, self.config.vocab_size)
-        if mask is None and self.config.pad_id is not None:
-            mask = tokens != self.config.pad_id
-        attn_mask = check_key_mask(mask, tokens, "mask")
+        attn_mask = key_to_attn_mask(resolve_key_mask(tokens, key_mask, self.config.pad_id))  # (B, 1, 1, T)
         if token_types is not None:
             check_tokens(token_types, max(self.config.n_token_types, 1), "token_types")
-        x, _ = run_blocks(self.blocks, self.embed(tokens, token_types=token_types), mask=attn_mask)
+        x, _ = run_blocks(self.blocks, self.embed(tokens, token_types=token_types), attn_mask=attn_mask)
         return self.norm(x)
 
 
@@ -103,7 +106,7 @@ class MaskedLMHead(nn.Module):
 
 class TransformerEncoderForMaskedLM(nn.Module):
     """A :class:`TransformerEncoder` with a :class:`MaskedLMHead` tied to its token embedding:
-    ``forward(tokens, mask=None) -> logits (B, T, vocab_size)`` for masked-LM pre-training."""
+    ``forward(tokens, key_mask=None) -> logits (B, T, vocab_size)`` for masked-LM pre-training."""
 
     def __init__(self, config: TransformerEncoderConfig):
         super().__init__()
@@ -112,8 +115,8 @@ class TransformerEncoderForMaskedLM(nn.Module):
         self.head = MaskedLMHead(config.d_model, config.vocab_size, activation=config.activation,
                                  norm_eps=config.norm_eps, embedding=self.encoder.embed.token)
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.head(self.encoder(tokens, mask))
+    def forward(self, tokens: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.encoder(tokens, key_mask))
 
 
 class SequenceClassificationHead(nn.Module):
@@ -127,29 +130,13 @@ class SequenceClassificationHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(d_model, n_classes)
 
-    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B, T, d_model), mask (B, T) -> logits (B, n_classes)."""
+    def forward(self, hidden: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """hidden (B, T, d_model), key_mask (B, T) (True = real token) -> logits (B, n_classes)."""
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
-            m = torch.ones(hidden.shape[:2], device=hidden.device) if mask is None else mask.to(hidden.dtype)
+            key_mask = check_key_mask(key_mask, *hidden.shape[:2])
+            m = torch.ones(hidden.shape[:2], device=hidden.device) if key_mask is None else key_mask.to(hidden.dtype)
             pooled = (hidden * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
         return self.classifier(self.dropout(pooled))
 
-
-def mask_tokens(
-    tokens: Tensor, *, mask_id: int, vocab_size: int, p: float = 0.15, special: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """BERT's masking for masked-LM training: choose a fraction ``p`` of the (non-special) positions;
-    of those 80% become ``mask_id``, 10% a random token, 10% stay. Returns (inputs, labels) with
-    labels = -100 (ignored by cross-entropy) at positions not chosen."""
-    candidates = torch.ones_like(tokens, dtype=torch.bool) if special is None else ~special
-    u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
-    chosen = (u < p) & candidates
-    labels = tokens.masked_fill(~chosen, -100)
-    r = torch.rand(tokens.shape, generator=generator, device=tokens.device)
-    random_ids = torch.randint(0, vocab_size, tokens.shape, generator=generator, device=tokens.device)
-    inputs = torch.where(chosen & (r < 0.8), torch.full_like(tokens, mask_id), tokens)
-    inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs)
-    return inputs, labels

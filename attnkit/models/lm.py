@@ -10,17 +10,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
-from ..generation import beam_search, check_prompt, generate
+from ..generation import beam_search, check_prompt, check_sampling, generate
+from ..functional import key_to_attn_mask
 from ..nn import KVCache, RMSNorm, make_norm
 from ..nn.block import BlockCache
 from ..nn.layers import ACTIVATIONS
 from .common import (
-    POSITIONALS, Embeddings, SavePretrainedMixin, cache_length, check_key_mask, check_tokens, make_blocks, run_blocks,
+    POSITIONALS, Embeddings, LMCache, cache_length, check_tokens, make_blocks, resolve_key_mask, run_blocks,
 )
 
 
 @dataclass
 class TransformerLMConfig(Config):
+    """Configuration of :class:`TransformerLM`, a decoder-only causal language model: GPT-2 style by
+    default (learned positions, LayerNorm, GELU, biases), Llama style with ``positional="rotary"``,
+    ``norm="rms"``, ``activation="swiglu"``, ``bias=False``.
+
+    ``rotary_base``: the rotary embedding's base (theta; read only with ``positional="rotary"``).
+    ``norm_first``: pre-norm (GPT-2, Llama; adds a final norm) or post-norm (the original Transformer).
+    ``d_head``: width of each head, default ``d_model // n_heads``. ``n_kv_heads``: key/value heads
+    (grouped-query attention when fewer than ``n_heads``), default ``n_heads``. ``bias``: biases in the
+    attention and feed-forward projections. ``tie_embeddings``: the output projection shares the token
+    embedding matrix. ``max_len``: the longest sequence (learned positions are allocated for it).
+    """
+
     vocab_size: int = 256
     d_model: int = 256
     n_heads: int = 4
@@ -29,7 +42,7 @@ class TransformerLMConfig(Config):
     max_len: int = 1024
     dropout: float = 0.1
     positional: str = "learned"  # sinusoidal | learned | rotary | none
-    rope_base: float = 10000.0
+    rotary_base: float = 10000.0
     norm: str = "layer"  # layer | rms
     norm_first: bool = True
     norm_eps: float = 1e-5
@@ -48,24 +61,14 @@ class TransformerLMConfig(Config):
         check_choice(self, "activation", ACTIVATIONS)
 
 
-LMCache = list[BlockCache]
-
-
-class TransformerLM(SavePretrainedMixin, nn.Module):
+class TransformerLM(nn.Module):
     """Causal language model: embeddings, n_layers causal blocks, (final norm), output projection.
 
     ``forward(tokens) -> logits`` for training; ``step(tokens, cache) -> (logits, cache)`` for
-    incremental decoding with an explicit KV cache; ``generate`` for text; ``from_pretrained`` loads
-    Llama-family weights (Hugging Face folders or GGUF files).
+    incremental decoding with an explicit :class:`LMCache`; ``generate`` for text.
+    :func:`attnkit.interop.load_pretrained` loads Llama-family weights into one (Hugging Face folders or
+    GGUF files).
     """
-
-    @classmethod
-    def from_pretrained(cls, path, gguf_file=None, *, dtype=None) -> TransformerLM:
-        """Load a Llama-family Hugging Face folder, or a GGUF file (``gguf_file`` inside ``path``, or
-        ``path`` itself), in eval mode. See :func:`attnkit.interop.load_pretrained`."""
-        from ..interop import load_pretrained
-
-        return load_pretrained(path, gguf_file, expect=TransformerLM, **({} if dtype is None else {"dtype": dtype}))
 
     def __init__(self, config: TransformerLMConfig):
         super().__init__()
@@ -77,23 +80,23 @@ class TransformerLM(SavePretrainedMixin, nn.Module):
             c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_ff=c.d_ff, causal=True,
             norm_first=c.norm_first, norm=c.norm, norm_eps=c.norm_eps, activation=c.activation,
             dropout=c.dropout, bias=c.bias, d_head=c.d_head, n_kv_heads=c.n_kv_heads,
-            rotary_base=c.rope_base if c.positional == "rotary" else None,
+            rotary_base=c.rotary_base if c.positional == "rotary" else None,
         )
         self.norm = make_norm(c.norm, c.d_model, c.norm_eps) if c.norm_first else nn.Identity()
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.token.weight
 
-    def _run(self, tokens, mask, caches):
+    def _run(self, tokens, key_mask, cache):
         check_tokens(tokens, self.config.vocab_size)
-        attn_mask = check_key_mask(mask, tokens, "mask")
-        x = self.embed(tokens, offset=cache_length(caches))  # (B, T, d_model)
-        x, caches = run_blocks(self.blocks, x, caches, mask=attn_mask)
-        return self.lm_head(self.norm(x)), caches  # (B, T, vocab)
+        attn_mask = key_to_attn_mask(resolve_key_mask(tokens, key_mask))  # (B, 1, 1, T) or None
+        x = self.embed(tokens, offset=cache_length(cache))  # (B, T, d_model)
+        x, cache = run_blocks(self.blocks, x, cache, attn_mask=attn_mask)
+        return self.lm_head(self.norm(x)), cache  # (B, T, vocab)
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """tokens (B, T) -> logits (B, T, vocab_size). ``mask`` (B, T) marks real tokens (True)."""
-        return self._run(tokens, mask, None)[0]
+    def forward(self, tokens: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """tokens (B, T) -> logits (B, T, vocab_size). ``key_mask`` (B, T) marks real tokens (True)."""
+        return self._run(tokens, key_mask, None)[0]
 
     def step(self, tokens: Tensor, cache: LMCache | None = None) -> tuple[Tensor, LMCache]:
         """Run ``tokens`` (B, t) after the positions held in ``cache`` -> (logits (B, t, V), new cache)."""
@@ -121,8 +124,8 @@ class TransformerLM(SavePretrainedMixin, nn.Module):
             cos, sin = self.blocks[0].self_attn._rotary(cache_length(cache), 1, x.device)  # (1, D)
             sin = torch.cat([-sin[..., : sin.shape[-1] // 2], sin[..., sin.shape[-1] // 2 :]], dim=-1)
         new_cache = []
-        for block, (kv, _) in zip(self.blocks, cache):
-            attn, ff = block.self_attn, block.ff
+        for block, layer in zip(self.blocks, cache.layers):
+            attn, ff, kv = block.self_attn, block.ff, layer.self_attn
             h = _norm(block.self_attn_norm, x)
             # (B, H * D) -> (B, H, 1, D): with one position no transpose is needed
             q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(B, attn.n_heads, 1, -1)
@@ -138,8 +141,8 @@ class TransformerLM(SavePretrainedMixin, nn.Module):
             u = F.linear(h, ff.up.weight, ff.up.bias)
             u = ff.act(u) if ff.gate is None else ff.act(F.linear(h, ff.gate.weight, ff.gate.bias)) * u
             x = x + F.linear(u, ff.down.weight, ff.down.bias)
-            new_cache.append((KVCache(k, v), None))
-        return self.lm_head(_norm(self.norm, x)).view(B, 1, -1), new_cache
+            new_cache.append(BlockCache(KVCache(k, v)))
+        return self.lm_head(_norm(self.norm, x)).view(B, 1, -1), LMCache(tuple(new_cache))
 
     @torch.no_grad()
     def generate(
@@ -162,6 +165,8 @@ class TransformerLM(SavePretrainedMixin, nn.Module):
         ``beam_size > 1``. ``eos_id``: stop token(s). ``on_token`` receives each new column (streaming).
         """
         check_tokens(tokens, self.config.vocab_size)
+        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size,
+                       max_new_tokens=max_new_tokens, length_penalty=length_penalty)
         check_prompt(tokens, max_new_tokens, self.config.max_len)
         if beam_size > 1:
             return beam_search(self.step, tokens, max_new_tokens, beam_size=beam_size, eos_id=eos_id,

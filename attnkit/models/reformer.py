@@ -9,18 +9,22 @@ each layer is LSH or full attention, as ``attn_layers`` says, cycled over the la
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
+from ..functional import check_key_mask, key_to_attn_mask
+from ..generation import beam_search, check_prompt, check_sampling, generate
 from ..nn import MultiHeadAttention, make_norm
-from ..nn.axial import AxialPositionalEmbedding, axial_shape
-from ..nn.chunked import ChunkedFeedForward, chunked_cross_entropy, run_chunked
+from ..nn.chunked import ChunkedFeedForward, TokenLoss, chunked_cross_entropy, run_chunked
 from ..nn.layers import ACTIVATIONS
 from ..nn.lsh import LSHSelfAttention
 from ..nn.reversible import ReversibleSequence
-from .common import Embeddings, check_key_mask, check_same_batch, check_tokens
+from .common import Embeddings, check_same_batch, check_tokens, resolve_key_mask
+
+IGNORE_INDEX = -100  # a target that the loss leaves out (PyTorch's cross-entropy default)
 
 ATTENTION_KINDS = ("lsh", "full")
 REFORMER_POSITIONALS = ("axial", "learned", "sinusoidal", "none")
@@ -37,7 +41,9 @@ class ReformerConfig(Config):
     (n_1, n_2) with n_1 * n_2 >= max_len lays out the axial positional embedding (default near-square).
     The encoder-decoder reads ``src_vocab_size`` (default ``vocab_size``) and ``n_decoder_layers``
     (default ``n_layers``); its encoder attention is bidirectional and its decoder's encoder/decoder
-    attention is full attention.
+    attention is full attention. ``tie_embeddings``: the output projection shares the (target) token
+    embedding. ``pad_id`` (encoder-decoder): missing key masks are derived as ``tokens != pad_id``.
+    ``dropout`` acts on the embeddings and the branches' outputs, ``attn_dropout`` on attention weights.
     """
 
     vocab_size: int = 256
@@ -124,14 +130,15 @@ class _SelfAttentionBranch(nn.Module):
             self.attn = MultiHeadAttention(c.d_model, c.n_heads, d_head=c.d_head, causal=causal, dropout=c.attn_dropout)
         self.dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, **_) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, **_) -> Tensor:
+        """x (B, L, d_model), key_mask (B, L) (True = real token) -> (B, L, d_model)."""
         if self.kind == "lsh":
             # The norm and the projections are position-wise: with chunks > 1 they run in slices
             # (checkpointed), so the norm's output is never held for the whole sequence.
             qk, v = run_chunked(self._project, x, self.chunks)  # 2 x (B, L, H * D)
-            y = self.attn.attend(qk, v, mask=mask)
+            y = self.attn.attend(qk, v, key_mask=key_mask)
         else:
-            y = self.attn(self.norm(x), mask=mask)[0]
+            y = self.attn(self.norm(x), attn_mask=key_to_attn_mask(key_mask)).y
         return self.dropout(y)
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,10 +155,12 @@ class _CrossAttentionBranch(nn.Module):
         self.attn = MultiHeadAttention(c.d_model, c.n_heads, d_head=c.d_head, dropout=c.attn_dropout)
         self.dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None, **_) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, context_attn_mask: Tensor | None = None, **_
+    ) -> Tensor:
         if context is None:
             raise ValueError("encoder/decoder attention needs context (the encoder output)")
-        return self.dropout(self.attn(self.norm(x), context=context, mask=context_mask)[0])
+        return self.dropout(self.attn(self.norm(x), context=context, attn_mask=context_attn_mask).y)
 
 
 def _ff(c: ReformerConfig) -> ChunkedFeedForward:
@@ -161,43 +170,31 @@ def _ff(c: ReformerConfig) -> ChunkedFeedForward:
     )
 
 
-class _Embed(nn.Module):
-    """Token embedding plus the configured positions (axial ones added here, the others by Embeddings)."""
-
-    def __init__(self, c: ReformerConfig, vocab_size: int):
-        super().__init__()
-        positional = "none" if c.positional == "axial" else c.positional
-        self.embed = Embeddings(vocab_size, c.d_model, max_len=c.max_len, positional=positional, dropout=c.dropout)
-        self.axial = (
-            AxialPositionalEmbedding(c.d_model, c.axial_shape or axial_shape(c.max_len))
-            if c.positional == "axial"
-            else None
-        )
-        self.drop = nn.Dropout(c.dropout)
-
-    @property
-    def token(self) -> nn.Embedding:
-        return self.embed.token
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        x = self.embed(tokens)  # (B, T, d_model); checks T <= max_len
-        if self.axial is not None:
-            x = self.drop(x + self.axial(torch.arange(tokens.shape[1], device=tokens.device)).to(x.dtype))
-        return x
+def _embeddings(c: ReformerConfig, vocab_size: int) -> Embeddings:
+    return Embeddings(
+        vocab_size, c.d_model, max_len=c.max_len, positional=c.positional, dropout=c.dropout,
+        axial_shape=c.axial_shape,
+    )
 
 
 class ReformerLM(nn.Module):
     """Decoder-only Reformer language model.
 
-    ``forward(tokens, mask) -> logits``; ``loss(tokens, mask)`` gives the next-token cross-entropy with
-    the output projection run in ``loss_chunks`` slices (the logits are never all held at once);
-    ``generate`` decodes by re-running the prefix (LSH attention keeps no KV cache).
+    ``forward(tokens, key_mask) -> logits``; ``forward(tokens, key_mask, targets=targets) ->
+    TokenLoss(sum, count)``, the summed cross-entropy with the last norm, the output projection and the
+    loss run in ``loss_chunks`` slices (the logits are never all held at once); ``loss(tokens, key_mask)``
+    the mean next-token loss; ``generate`` decodes by re-running the prefix (LSH attention keeps no KV
+    cache).
     """
+
+    owns_loss = True
+    """Its forward computes the token loss itself when given ``targets`` (a trainer should pass them,
+    rather than compute cross-entropy over full logits, so that ``loss_chunks`` takes effect)."""
 
     def __init__(self, config: ReformerConfig):
         super().__init__()
         c = self.config = config
-        self.embed = _Embed(c, c.vocab_size)
+        self.embed = _embeddings(c, c.vocab_size)
         branches = []
         for i in range(c.n_layers):
             branches += [_SelfAttentionBranch(c, c.attention_kind(i), causal=True), _ff(c)]
@@ -207,34 +204,67 @@ class ReformerLM(nn.Module):
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.token.weight
 
-    def hidden(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    def hidden(self, tokens: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """tokens (B, T) -> final hidden states (B, T, d_model), after the last norm."""
-        return self.norm(self._trunk(tokens, mask))
+        return self.norm(self._trunk(tokens, key_mask))
 
-    def _trunk(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
+    def _trunk(self, tokens: Tensor, key_mask: Tensor | None) -> Tensor:
         # tokens (B, T) -> the layers' output (B, T, d_model), before the last norm
         check_tokens(tokens, self.config.vocab_size)
-        attn_mask = check_key_mask(mask, tokens, "mask")  # (B, 1, 1, T) or None
-        return self.layers(self.embed(tokens), mask=attn_mask)
+        key_mask = resolve_key_mask(tokens, key_mask)  # (B, T) or None
+        return self.layers(self.embed(tokens), key_mask=key_mask)
 
     def _head(self, h: Tensor) -> Tensor:
         return self.lm_head(self.norm(h))
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """tokens (B, T) -> logits (B, T, vocab_size). ``mask`` (B, T) marks real tokens (True)."""
-        return self.lm_head(self.hidden(tokens, mask))
+    def forward(
+        self,
+        tokens: Tensor,
+        key_mask: Tensor | None = None,
+        *,
+        targets: Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> Tensor | TokenLoss:
+        """Logits, or with ``targets`` the summed token loss.
 
-    def loss(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        Args:
+            tokens: (B, T) token ids.
+            key_mask: (B, T), True for real tokens.
+            targets: (B, T) the token each position predicts (the caller shifts: ``targets[:, t]`` is
+                the token after ``tokens[:, t]``), ``-100`` where nothing is predicted.
+            label_smoothing: as in :func:`torch.nn.functional.cross_entropy`; only with ``targets``.
+
+        Returns:
+            logits (B, T, vocab_size) without targets; with them ``TokenLoss(sum, count)``: the summed
+            cross-entropy (0-dim float, computed in ``loss_chunks`` slices) and the number of targets
+            counted (0-dim long).
+        """
+        h = self._trunk(tokens, key_mask)  # (B, T, d_model)
+        if targets is None:
+            if label_smoothing:
+                raise ValueError("label_smoothing applies to the loss: pass targets as well")
+            return self._head(h)
+        _check_targets(targets, tokens, self.config.vocab_size)
+        # The last norm runs inside the loss's slices too, so its output is never held whole.
+        total = chunked_cross_entropy(
+            h, self._head, targets, chunks=self.config.loss_chunks, ignore_index=IGNORE_INDEX, reduction="sum",
+            label_smoothing=label_smoothing,
+        )
+        return TokenLoss(total, (targets != IGNORE_INDEX).sum())
+
+    def loss(self, tokens: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """Mean next-token cross-entropy of ``tokens`` (B, T): position t predicts token t + 1.
 
-        Targets that are padding (``mask`` False) are left out.
+        Targets that are padding (``key_mask`` False) are left out.
         """
-        h = self._trunk(tokens, mask)[:, :-1]  # (B, T - 1, d_model)
-        targets = tokens[:, 1:]
-        if mask is not None:
-            targets = targets.masked_fill(~mask[:, 1:], -100)
-        # The last norm runs inside the loss's slices too, so its output is never held whole.
-        return chunked_cross_entropy(h, self._head, targets, chunks=self.config.loss_chunks)
+        check_tokens(tokens, self.config.vocab_size)
+        key_mask = check_key_mask(key_mask, *tokens.shape)
+        targets = torch.full_like(tokens, IGNORE_INDEX)  # (B, T): the last position predicts nothing
+        targets[:, :-1] = tokens[:, 1:]
+        if key_mask is not None:
+            targets[:, :-1].masked_fill_(~key_mask[:, 1:], IGNORE_INDEX)
+        total, count = self(tokens, key_mask, targets=targets)
+        return total / count.clamp_min(1)
 
     @torch.no_grad()
     def generate(
@@ -253,9 +283,9 @@ class ReformerLM(nn.Module):
         """Continue ``tokens`` (B, T) -> (B, T + n); greedy at temperature 0, beam search with
         ``beam_size > 1``; ``options`` (repetition_penalty, on_token) as :meth:`TransformerLM.generate`.
         Each step re-runs the prefix: LSH attention keeps no KV cache."""
-        from ..generation import beam_search, check_prompt, generate
-
         check_tokens(tokens, self.config.vocab_size)
+        check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size,
+                       max_new_tokens=max_new_tokens, length_penalty=length_penalty)
         check_prompt(tokens, max_new_tokens, self.config.max_len)
 
         def step(new: Tensor, prefix: Tensor | None):
@@ -271,20 +301,33 @@ class ReformerLM(nn.Module):
         )
 
 
+def _check_targets(targets, tokens: Tensor, vocab_size: int) -> None:
+    if not isinstance(targets, Tensor) or targets.is_floating_point() or targets.dtype == torch.bool:
+        what = f"dtype {targets.dtype}" if isinstance(targets, Tensor) else type(targets).__name__
+        raise TypeError(f"targets must be an integer tensor of token ids (-100 = ignored), got {what}")
+    if targets.shape != tokens.shape:
+        raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}, got {tuple(targets.shape)}")
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))
+    if bad.any():
+        raise ValueError(
+            f"targets holds id {int(targets[bad][0])}, outside the vocabulary [0, {vocab_size}) (and not -100)"
+        )
+
+
 class Reformer(nn.Module):
     """Encoder-decoder Reformer: reversible LSH encoder, reversible decoder with causal self-attention,
     full encoder/decoder attention and feed-forward branches.
 
     ``forward(src, tgt) -> logits`` with teacher forcing (``tgt`` shifted right by the caller);
-    ``encode``/``decode`` separately.
+    ``encode``/``decode`` separately; ``generate`` decodes by re-running the target prefix.
     """
 
     def __init__(self, config: ReformerConfig):
         super().__init__()
         c = self.config = config
         self.src_vocab_size = c.src_vocab_size or c.vocab_size
-        self.src_embed = _Embed(c, self.src_vocab_size)
-        self.tgt_embed = _Embed(c, c.vocab_size)
+        self.src_embed = _embeddings(c, self.src_vocab_size)
+        self.tgt_embed = _embeddings(c, c.vocab_size)
         enc = []
         for i in range(c.n_layers):
             enc += [_SelfAttentionBranch(c, c.attention_kind(i), causal=False), _ff(c)]
@@ -299,37 +342,76 @@ class Reformer(nn.Module):
         if c.tie_embeddings:
             self.out_proj.weight = self.tgt_embed.token.weight
 
-    def _mask(self, tokens: Tensor, mask: Tensor | None, name: str) -> Tensor | None:
-        if mask is None and self.config.pad_id is not None:
-            mask = tokens != self.config.pad_id
-        return check_key_mask(mask, tokens, name)
-
-    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        """src (B, S) -> memory (B, S, d_model). ``src_mask`` (B, S): True for real tokens."""
+    def _src_key_mask(self, src: Tensor, src_key_mask: Tensor | None) -> Tensor | None:
         check_tokens(src, self.src_vocab_size, "src")
-        attn_mask = self._mask(src, src_mask, "src_mask")
-        return self.encoder_norm(self.encoder(self.src_embed(src), mask=attn_mask))
+        return resolve_key_mask(src, src_key_mask, self.config.pad_id, "src_key_mask")
+
+    def encode(self, src: Tensor, src_key_mask: Tensor | None = None) -> Tensor:
+        """src (B, S) -> memory (B, S, d_model). ``src_key_mask`` (B, S): True for real tokens (default
+        ``src != pad_id`` when the config has a ``pad_id``)."""
+        return self._encode(src, self._src_key_mask(src, src_key_mask))
+
+    def _encode(self, src: Tensor, src_key_mask: Tensor | None) -> Tensor:
+        # src and its key mask already checked
+        return self.encoder_norm(self.encoder(self.src_embed(src), key_mask=src_key_mask))
 
     def decode(
-        self, tgt: Tensor, memory: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None
+        self, tgt: Tensor, memory: Tensor, src_key_mask: Tensor | None = None, tgt_key_mask: Tensor | None = None
     ) -> Tensor:
-        """tgt (B, T), memory (B, S, d_model) -> logits (B, T, vocab_size)."""
+        """tgt (B, T), memory (B, S, d_model) -> logits (B, T, vocab_size).
+
+        ``src_key_mask`` (B, S) and ``tgt_key_mask`` (B, T): True for real tokens (``tgt_key_mask``
+        defaults to ``tgt != pad_id`` when the config has a ``pad_id``).
+        """
         check_tokens(tgt, self.config.vocab_size, "tgt")
         check_same_batch(tgt=tgt, memory=memory)
-        context_mask = check_key_mask(src_mask, memory[..., 0], "src_mask") if src_mask is not None else None
+        src_key_mask = check_key_mask(src_key_mask, *memory.shape[:2], name="src_key_mask")
+        tgt_key_mask = resolve_key_mask(tgt, tgt_key_mask, self.config.pad_id, "tgt_key_mask")
         x = self.decoder(
-            self.tgt_embed(tgt), mask=self._mask(tgt, tgt_mask, "tgt_mask"), context=memory, context_mask=context_mask
+            self.tgt_embed(tgt), key_mask=tgt_key_mask, context=memory, context_attn_mask=key_to_attn_mask(src_key_mask)
         )
         return self.out_proj(self.decoder_norm(x))
 
     def forward(
-        self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None
+        self, src: Tensor, tgt: Tensor, src_key_mask: Tensor | None = None, tgt_key_mask: Tensor | None = None
     ) -> Tensor:
-        """src (B, S), tgt (B, T) -> logits (B, T, vocab_size)."""
-        check_tokens(src, self.src_vocab_size, "src")
-        check_tokens(tgt, self.config.vocab_size, "tgt")
-        check_same_batch(src=src, tgt=tgt)
-        if src_mask is None and self.config.pad_id is not None:
-            src_mask = src != self.config.pad_id
-        memory = self.encode(src, src_mask)
-        return self.decode(tgt, memory, src_mask, tgt_mask)
+        """src (B, S), tgt (B, T) -> logits (B, T, vocab_size); the key masks (True = real token) as in
+        :meth:`encode` and :meth:`decode`."""
+        src_key_mask = self._src_key_mask(src, src_key_mask)
+        memory = self._encode(src, src_key_mask)
+        return self.decode(tgt, memory, src_key_mask, tgt_key_mask)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        src: Tensor,
+        max_new_tokens: int,
+        *,
+        bos_id: int,
+        eos_id: int | Sequence[int] | None = None,
+        src_key_mask: Tensor | None = None,
+        beam_size: int = 1,
+        length_penalty: float = 1.0,
+        **sampling,
+    ) -> Tensor:
+        """Translate ``src`` (B, S): target tokens (B, 1 + n) starting with ``bos_id``, as
+        :meth:`Transformer.generate`. Each step re-runs the target prefix: LSH attention keeps no cache."""
+        check_sampling(beam_size=beam_size, max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+        src_key_mask = self._src_key_mask(src, src_key_mask)
+        memory = self._encode(src, src_key_mask)
+        if beam_size > 1:
+            memory = memory.repeat_interleave(beam_size, 0)
+            src_key_mask = None if src_key_mask is None else src_key_mask.repeat_interleave(beam_size, 0)
+        start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
+        max_new_tokens = min(max_new_tokens, self.config.max_len - 1)
+
+        def step(new: Tensor, prefix: Tensor | None):
+            seq = new if prefix is None else torch.cat([prefix, new], dim=1)
+            # every generated token is real, even one that equals pad_id
+            logits = self.decode(seq, memory, src_key_mask, torch.ones_like(seq, dtype=torch.bool))
+            return logits[:, -new.shape[1] :], seq
+
+        if beam_size > 1:
+            return beam_search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                               length_penalty=length_penalty)
+        return generate(step, start, max_new_tokens, eos_id=eos_id, **sampling)

@@ -9,18 +9,28 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
-from ..generation import beam_search, generate
+from ..functional import check_key_mask, key_to_attn_mask
+from ..generation import beam_search, check_sampling, generate
 from ..nn import make_norm
-from ..nn.block import BlockCache
 from ..nn.layers import ACTIVATIONS
 from .common import (
-    POSITIONALS, Embeddings, cache_length, check_key_mask, check_same_batch, check_tokens, make_blocks,
+    POSITIONALS, Embeddings, LMCache, cache_length, check_same_batch, check_tokens, make_blocks, resolve_key_mask,
     run_blocks,
 )
 
 
 @dataclass
 class TransformerConfig(Config):
+    """Configuration of :class:`Transformer`, the encoder-decoder of "Attention Is All You Need".
+
+    ``n_layers``: encoder layers; ``n_decoder_layers``: decoder layers (default ``n_layers``).
+    ``norm_first``: pre-norm with final norms (trains more easily) or post-norm (the paper).
+    ``share_embeddings``: one token embedding for source and target (needs ``src_vocab_size ==
+    tgt_vocab_size``). ``tie_embeddings``: the output projection shares the target token embedding
+    (paper, section 3.4). ``pad_id``: when set, missing source/target key masks are derived as
+    ``tokens != pad_id``. :meth:`base` is the paper's base model.
+    """
+
     src_vocab_size: int = 8000
     tgt_vocab_size: int = 8000
     d_model: int = 256
@@ -35,7 +45,7 @@ class TransformerConfig(Config):
     norm_eps: float = 1e-5
     activation: str = "relu"
     share_embeddings: bool = False  # one embedding for source and target (needs one vocabulary)
-    tie_output: bool = True  # the output projection is the target embedding (paper, section 3.4)
+    tie_embeddings: bool = True  # the output projection is the target embedding (paper, section 3.4)
     pad_id: int | None = None  # if set, padding masks are derived from the tokens
 
     def __post_init__(self):
@@ -62,7 +72,7 @@ class TransformerConfig(Config):
         values = dict(
             src_vocab_size=37000, tgt_vocab_size=37000, d_model=512, n_heads=8, n_layers=6, d_ff=2048,
             max_len=512, dropout=0.1, positional="sinusoidal", norm_first=False, share_embeddings=True,
-            tie_output=True,
+            tie_embeddings=True,
         )
         return cls(**{**values, **overrides})
 
@@ -91,56 +101,63 @@ class Transformer(nn.Module):
         final_norm = lambda: make_norm("layer", c.d_model, c.norm_eps) if c.norm_first else nn.Identity()  # noqa: E731
         self.encoder_norm, self.decoder_norm = final_norm(), final_norm()
         self.out_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
-        if c.tie_output:
+        if c.tie_embeddings:
             self.out_proj.weight = self.tgt_embed.token.weight
 
-    def _mask(self, tokens, mask, name):
-        if mask is None and self.config.pad_id is not None:
-            mask = tokens != self.config.pad_id
-        return check_key_mask(mask, tokens, name)
-
-    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        """src (B, S) -> memory (B, S, d_model). ``src_mask`` (B, S): True for real tokens."""
+    def _src_key_mask(self, src: Tensor, src_key_mask: Tensor | None) -> Tensor | None:
         check_tokens(src, self.config.src_vocab_size, "src")
-        attn_mask = self._mask(src, src_mask, "src_mask")
-        x, _ = run_blocks(self.encoder, self.src_embed(src), mask=attn_mask)
+        return resolve_key_mask(src, src_key_mask, self.config.pad_id, "src_key_mask")
+
+    def encode(self, src: Tensor, src_key_mask: Tensor | None = None) -> Tensor:
+        """src (B, S) -> memory (B, S, d_model). ``src_key_mask`` (B, S): True for real tokens (default
+        ``src != pad_id`` when the config has a ``pad_id``)."""
+        return self._encode(src, self._src_key_mask(src, src_key_mask))
+
+    def _encode(self, src: Tensor, src_key_mask: Tensor | None) -> Tensor:
+        # src and its key mask already checked
+        x, _ = run_blocks(self.encoder, self.src_embed(src), attn_mask=key_to_attn_mask(src_key_mask))
         return self.encoder_norm(x)
 
     def decode(
         self,
         tgt: Tensor,
         memory: Tensor,
-        src_mask: Tensor | None = None,
-        tgt_mask: Tensor | None = None,
-        cache: list[BlockCache] | None = None,
+        src_key_mask: Tensor | None = None,
+        tgt_key_mask: Tensor | None = None,
+        cache: LMCache | None = None,
         src: Tensor | None = None,
-    ) -> tuple[Tensor, list[BlockCache]]:
+    ) -> tuple[Tensor, LMCache]:
         """tgt (B, T) after the cached positions, memory (B, S, d_model) -> (logits (B, T, V), cache).
 
-        ``src_mask`` (B, S) masks padded source positions (or pass ``src`` with ``pad_id`` set).
+        ``src_key_mask`` (B, S) marks the real source positions (or pass ``src`` with ``pad_id`` set);
+        ``tgt_key_mask`` (B, T) the real target positions (default ``tgt != pad_id`` with ``pad_id``
+        set; ignored when decoding with a cache, where the new positions see the cached ones).
         """
         check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
         check_same_batch(tgt=tgt, memory=memory)
-        if src_mask is None and src is not None:
-            src_mask = self._mask(src, None, "src_mask")
-        elif src_mask is not None:
-            src_mask = check_key_mask(src_mask, memory[..., 0], "src_mask")
-        tgt_attn = self._mask(tgt, tgt_mask, "tgt_mask") if cache is None else None
+        if src_key_mask is None and src is not None:
+            src_key_mask = resolve_key_mask(src, None, self.config.pad_id, "src_key_mask")
+        src_key_mask = check_key_mask(src_key_mask, *memory.shape[:2], name="src_key_mask")
+        tgt_attn = None
+        if cache is None:
+            tgt_attn = key_to_attn_mask(resolve_key_mask(tgt, tgt_key_mask, self.config.pad_id, "tgt_key_mask"))
         x = self.tgt_embed(tgt, offset=cache_length(cache))
-        x, cache = run_blocks(self.decoder, x, cache, mask=tgt_attn, context=memory, context_mask=src_mask)
+        x, cache = run_blocks(
+            self.decoder, x, cache, attn_mask=tgt_attn, context=memory, context_attn_mask=key_to_attn_mask(src_key_mask)
+        )
         return self.out_proj(self.decoder_norm(x)), cache
 
     def forward(
-        self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None
+        self, src: Tensor, tgt: Tensor, src_key_mask: Tensor | None = None, tgt_key_mask: Tensor | None = None
     ) -> Tensor:
-        """src (B, S), tgt (B, T) (the shifted-right target) -> logits (B, T, tgt_vocab_size)."""
-        check_tokens(src, self.config.src_vocab_size, "src")
-        check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
-        check_same_batch(src=src, tgt=tgt)
-        memory = self.encode(src, src_mask)
-        if src_mask is None and self.config.pad_id is not None:
-            src_mask = src != self.config.pad_id
-        return self.decode(tgt, memory, src_mask, tgt_mask)[0]
+        """src (B, S), tgt (B, T) (the shifted-right target) -> logits (B, T, tgt_vocab_size).
+
+        ``src_key_mask`` (B, S) and ``tgt_key_mask`` (B, T): True for real tokens (padding masks, not the
+        causal mask, which the decoder applies itself).
+        """
+        src_key_mask = self._src_key_mask(src, src_key_mask)
+        memory = self._encode(src, src_key_mask)
+        return self.decode(tgt, memory, src_key_mask, tgt_key_mask)[0]
 
     @torch.no_grad()
     def generate(
@@ -150,7 +167,7 @@ class Transformer(nn.Module):
         *,
         bos_id: int,
         eos_id: int | Sequence[int] | None = None,
-        src_mask: Tensor | None = None,
+        src_key_mask: Tensor | None = None,
         beam_size: int = 1,
         length_penalty: float = 1.0,
         **sampling,
@@ -160,15 +177,15 @@ class Transformer(nn.Module):
         Greedy by default; ``beam_size > 1`` for beam search; ``sampling`` (temperature, top_k, top_p,
         repetition_penalty, generator, on_token) goes to :func:`attnkit.generation.generate`.
         """
-        if src_mask is None and self.config.pad_id is not None:
-            src_mask = src != self.config.pad_id
-        memory = self.encode(src, src_mask)
+        check_sampling(beam_size=beam_size, max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+        src_key_mask = self._src_key_mask(src, src_key_mask)
+        memory = self._encode(src, src_key_mask)
         start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
         max_new_tokens = min(max_new_tokens, self.config.max_len - 1)
         if beam_size > 1:
             memory = memory.repeat_interleave(beam_size, 0)
-            src_mask = None if src_mask is None else src_mask.repeat_interleave(beam_size, 0)
-        step = lambda tokens, cache: self.decode(tokens, memory, src_mask, cache=cache)  # noqa: E731
+            src_key_mask = None if src_key_mask is None else src_key_mask.repeat_interleave(beam_size, 0)
+        step = lambda tokens, cache: self.decode(tokens, memory, src_key_mask, cache=cache)  # noqa: E731
         if beam_size > 1:
             return beam_search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
                                length_penalty=length_penalty)

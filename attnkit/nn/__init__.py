@@ -1,9 +1,9 @@
 """Thin modules that own parameters and call the functional core."""
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import AttentionOutput, KVCache, MultiHeadAttention
 from .axial import AxialPositionalEmbedding
 from .block import BlockCache, TransformerBlock
-from .chunked import ChunkedFeedForward, chunked_cross_entropy
+from .chunked import ChunkedFeedForward, TokenLoss, chunked_cross_entropy
 from .layers import FeedForward, RMSNorm, make_norm
 from .lsh import LSHSelfAttention
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
@@ -12,6 +12,7 @@ from .reversible import ReversibleSequence
 from torch.nn import LayerNorm
 
 __all__ = [
+    "AttentionOutput",
     "AxialPositionalEmbedding",
     "BlockCache",
     "ChunkedFeedForward",
@@ -25,6 +26,7 @@ __all__ = [
     "ReversibleSequence",
     "RotaryEmbedding",
     "SinusoidalPositionalEncoding",
+    "TokenLoss",
     "TransformerBlock",
     "chunked_cross_entropy",
     "make_norm",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,13 @@ class KVCache:
     @property
     def length(self) -> int:
         return self.k.shape[-2]
+
+
+class AttentionOutput(NamedTuple):
+    """What :class:`MultiHeadAttention` returns: the output and the keys/values to pass to the next call."""
+
+    y: Tensor  # (B, T, d_model)
+    cache: KVCache
 
 
 class MultiHeadAttention(nn.Module):
@@ -95,21 +103,22 @@ class MultiHeadAttention(nn.Module):
         self,
         x: Tensor,
         context: Tensor | None = None,
-        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
         cache: KVCache | None = None,
         impl: str = "auto",
-    ) -> tuple[Tensor, KVCache]:
+    ) -> AttentionOutput:
         """Attend from x to itself (self-attention) or to ``context`` (encoder/decoder attention).
 
         Args:
             x: (B, T, d_model) queries' input.
             context: (B, S, d_context) encoder output; None for self-attention.
-            mask: boolean, True = may attend, broadcastable to (B, H, T, S) where S counts cached keys.
+            attn_mask: boolean attention mask, True = may attend, broadcastable to (B, H, T, S) where S
+                counts cached keys (a (B, S) key padding mask ``m`` is passed as ``m[:, None, None, :]``).
             cache: keys/values from earlier calls: for self-attention the new ones are appended; for
                 encoder/decoder attention the cached ones are used instead of projecting ``context``.
 
         Returns:
-            y (B, T, d_model) and the cache to pass to the next call.
+            ``AttentionOutput(y, cache)``: y (B, T, d_model) and the cache to pass to the next call.
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, T, d_model={self.d_model}), got {tuple(x.shape)}")
@@ -140,11 +149,11 @@ class MultiHeadAttention(nn.Module):
             q,
             k,
             v,
-            mask=mask,
+            attn_mask=attn_mask,
             # a single new query is the last position: it may see every key, so no causal mask is needed
             causal=self.causal and context is None and T > 1,
             dropout_p=self.dropout if self.training else 0.0,
             impl=impl,
         )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head)  # (B, T, H * D)
-        return self.out_proj(y), KVCache(k, v)
+        return AttentionOutput(self.out_proj(y), KVCache(k, v))

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
 from .attention import KVCache, MultiHeadAttention
 from .layers import FeedForward, make_norm
 
-BlockCache = tuple[KVCache | None, KVCache | None]  # (self-attention, encoder/decoder attention)
+
+@dataclass(frozen=True)
+class BlockCache:
+    """The caches of one :class:`TransformerBlock`: its self-attention's keys/values (grown at each step)
+    and its encoder/decoder attention's (the projected encoder output, computed once), or None.
+
+    A dataclass, as :class:`KVCache` is, so that beam search can reorder it field by field.
+    """
+
+    self_attn: KVCache | None = None
+    cross_attn: KVCache | None = None
 
 
 class TransformerBlock(nn.Module):
@@ -72,27 +84,29 @@ class TransformerBlock(nn.Module):
         self,
         x: Tensor,
         *,
-        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
         context: Tensor | None = None,
-        context_mask: Tensor | None = None,
+        context_attn_mask: Tensor | None = None,
         cache: BlockCache | None = None,
     ) -> tuple[Tensor, BlockCache]:
         """x (B, T, d_model) -> (B, T, d_model), and the caches of both attentions.
 
-        ``mask``/``context_mask`` are boolean attention masks (True = may attend) for the self- and
-        encoder/decoder attention; ``context`` (B, S, d_model) is the encoder output.
+        ``attn_mask``/``context_attn_mask`` are boolean attention masks (True = may attend) broadcastable
+        to (B, H, T, S) for the self- and the encoder/decoder attention; ``context`` (B, S, d_model) is
+        the encoder output.
         """
-        self_cache, cross_cache = cache if cache is not None else (None, None)
+        cache = BlockCache() if cache is None else cache
         x, self_cache = self._residual(
-            x, self.self_attn_norm, lambda h: self.self_attn(h, mask=mask, cache=self_cache)
+            x, self.self_attn_norm, lambda h: self.self_attn(h, attn_mask=attn_mask, cache=cache.self_attn)
         )
+        cross_cache = cache.cross_attn
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has encoder/decoder attention: pass context (the encoder output)")
             x, cross_cache = self._residual(
                 x,
                 self.cross_attn_norm,
-                lambda h: self.cross_attn(h, context=context, mask=context_mask, cache=cross_cache),
+                lambda h: self.cross_attn(h, context=context, attn_mask=context_attn_mask, cache=cross_cache),
             )
         x, _ = self._residual(x, self.ff_norm, lambda h: (self.ff(h), None))
-        return x, (self_cache, cross_cache)
+        return x, BlockCache(self_cache, cross_cache)

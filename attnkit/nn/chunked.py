@@ -10,6 +10,7 @@ are alive.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,17 @@ class ChunkedFeedForward(nn.Module):
         return run_chunked(self.forward_chunk, x, self.chunks)
 
 
+class TokenLoss(NamedTuple):
+    """A summed token loss and the number of tokens it counts (what a model computing its own loss
+    returns, so that losses over micro-batches and processes add up before the one division).
+
+    ``sum``: float 0-dim tensor (with grad); ``count``: 0-dim long tensor. The mean is ``sum / count``.
+    """
+
+    sum: Tensor
+    count: Tensor
+
+
 def chunked_cross_entropy(
     hidden: Tensor,
     head: Callable[[Tensor], Tensor],
@@ -79,6 +91,7 @@ def chunked_cross_entropy(
     chunks: int = 1,
     ignore_index: int = -100,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Cross-entropy of ``head(hidden)`` against ``targets``, never holding all the logits at once.
 
@@ -88,23 +101,30 @@ def chunked_cross_entropy(
         targets: (B, L) token ids; ``ignore_index`` marks positions left out of the loss.
         chunks: slices of positions; each slice's logits are rebuilt in backward.
         reduction: "mean" over the counted positions, or "sum".
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy` (0 = none).
 
     Returns:
-        the scalar loss.
+        the scalar loss, computed in float32 (float64 for float64 inputs).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if targets.shape != hidden.shape[:-1]:
         raise ValueError(f"targets must have shape {tuple(hidden.shape[:-1])}, got {tuple(targets.shape)}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
 
     def piece_loss(h: Tensor, t: Tensor) -> Tensor:
-        logits = head(h).float()  # (B, l, vocab)
-        return F.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=ignore_index, reduction="sum")
+        logits = head(h)  # (B, l, vocab)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return F.cross_entropy(
+            logits.flatten(0, 1), t.flatten(), ignore_index=ignore_index, reduction="sum",
+            label_smoothing=label_smoothing,
+        )
 
     if chunks <= 1:
         total = piece_loss(hidden, targets)
     else:
-        total = hidden.new_zeros((), dtype=torch.float32)
+        total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
         for h, t in zip(hidden.chunk(chunks, dim=1), targets.chunk(chunks, dim=1)):
             if torch.is_grad_enabled():
                 total = total + checkpoint(piece_loss, h, t, use_reentrant=False)

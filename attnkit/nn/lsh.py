@@ -23,7 +23,8 @@ class LSHSelfAttention(nn.Module):
         eval_seed: the hash seed in eval mode, so evaluation is deterministic; in training each call
             draws a seed from torch's global generator (``torch.manual_seed`` repeats a run, and a
             reversible layer replays it in backward).
-        impl: passed to ``lsh_attention`` ("auto", "chunked" or "reference").
+        impl: passed to ``lsh_attention``: "auto" (fused on CUDA when Triton is installed, else chunked),
+            "chunked", "fused" or "reference".
     """
 
     def __init__(
@@ -59,18 +60,18 @@ class LSHSelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, n_heads * d_head, bias=bias)
         self.out_proj = nn.Linear(n_heads * d_head, d_model)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, seed: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, seed: int | None = None) -> Tensor:
         """x (B, L, d_model) -> y (B, L, d_model).
 
-        ``mask``: key padding mask, True = real token, (B, L) or (B, 1, 1, L). ``seed`` overrides the
-        hash seed (see ``eval_seed``).
+        ``key_mask``: key padding mask (B, L), True = real token. ``seed`` overrides the hash seed (see
+        ``eval_seed``).
         """
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, L, d_model={self.d_model}), got {shape}")
-        return self.attend(self.qk_proj(x), self.v_proj(x), mask=mask, seed=seed)
+        return self.attend(self.qk_proj(x), self.v_proj(x), key_mask=key_mask, seed=seed)
 
-    def attend(self, qk: Tensor, v: Tensor, mask: Tensor | None = None, seed: int | None = None) -> Tensor:
+    def attend(self, qk: Tensor, v: Tensor, key_mask: Tensor | None = None, seed: int | None = None) -> Tensor:
         """The attention after the projections: qk, v (B, L, n_heads * d_head) -> y (B, L, d_model).
 
         Lets a caller compute the projections itself (a reversible branch runs its norm and these
@@ -87,7 +88,7 @@ class LSHSelfAttention(nn.Module):
             n_hashes=self.n_hashes,
             bucket_size=self.bucket_size,
             causal=self.causal,
-            mask=mask,
+            key_mask=key_mask,
             seed=seed,
             impl=self.impl,
             n_buckets=self.n_buckets,
