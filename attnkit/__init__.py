@@ -9,8 +9,7 @@ if "torch" not in _sys.modules:
     # when idle. Only a default: the environment wins, and it cannot apply once torch is loaded.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import functional, models, nn
-from . import interop
+from . import functional, interop, models, nn
 
 __version__ = "0.1.0"
 __all__ = ["functional", "interop", "models", "nn", "__version__"]

@@ -121,7 +121,8 @@ def _is_pretrained(path: Path, gguf_file) -> bool:
     """A Hugging Face folder or a GGUF file, rather than an attnkit run or checkpoint folder."""
     if gguf_file or path.suffix == ".gguf":
         return True
-    return (path / "config.json").is_file() and not (path / "manifest.json").exists() and not (path / "run.json").exists()
+    own = (path / "manifest.json").exists() or (path / "run.json").exists()
+    return (path / "config.json").is_file() and not own
 
 
 def cmd_generate(args) -> int:
@@ -144,7 +145,8 @@ def cmd_generate(args) -> int:
         from .interop import PretrainedTokenizer, load_pretrained, load_tokenizer
 
         try:
-            model, tokenizer = load_pretrained(path, args.gguf_file), PretrainedTokenizer(load_tokenizer(path, args.gguf_file))
+            model = load_pretrained(path, args.gguf_file)
+            tokenizer = PretrainedTokenizer(load_tokenizer(path, args.gguf_file))
         except (ValueError, FileNotFoundError) as e:  # a file that is not a model attnkit can read
             raise UsageError(f"{path}: {e}") from None
         text = sample(model, tokenizer, args.prompt, on_text=on_text if stream else None, **options)
@@ -332,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=cmd_translate)
 
     e = add("eval", "score a run on held-out data: bits per token (language models), masked-token accuracy "
-            "(masked LMs), BLEU/chrF on the test pairs (translation)", "attnkit eval runs/de_en_transformer --beam-size 4")
+            "(masked LMs), BLEU/chrF on the test pairs (translation)",
+            "attnkit eval runs/de_en_transformer --beam-size 4")
     e.add_argument("run")
     e.add_argument("--beam-size", type=_integer(1), default=4, help="translation: beam width")
     e.add_argument("--limit", type=_integer(1), default=None, help="translation: score the first N test sentences")

@@ -9,9 +9,10 @@ beam search reorders them along that dimension.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import fields, is_dataclass, replace
 from numbers import Integral, Real
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -152,7 +152,7 @@ def reformer_step(dev: Device, L: int, args, repeats: int) -> dict:
             raise
         return {**row, "error": "out of memory"}
     finally:
-        del model, opt
+        model = opt = None  # drop the references before measuring the next length
         dev.reset()
 
 

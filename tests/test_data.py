@@ -12,10 +12,25 @@ import pytest
 import torch
 
 from attnkit.data import (
-    ByteTokenizer, CharTokenizer, Pair, SubwordTokenizer, kjv_splits, load_kjv, load_pairs, load_tokenizer, pad_sequences,
-    parse_line, parse_lines, random_windows, references_by_source, split_of, split_pairs, token_batches,
+    ByteTokenizer,
+    CharTokenizer,
+    Pair,
+    SubwordTokenizer,
+    kjv,
+    kjv_splits,
+    load_kjv,
+    load_pairs,
+    load_tokenizer,
+    pad_sequences,
+    parse_line,
+    parse_lines,
+    random_windows,
+    references_by_source,
+    split_of,
+    split_pairs,
+    token_batches,
+    translation,
 )
-from attnkit.data import kjv, translation
 
 DE_EN = Path("/usr/share/trans/de-en")
 SWORD = Path("/usr/share/sword")
@@ -235,7 +250,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
 
 
 def _fake_cache(folder: Path, books):
-    for i, (osis, name, text) in enumerate(books):
+    for i, (osis, _, text) in enumerate(books):
         kjv.atomic_write_text(folder / f"{i:02d}_{osis}.txt", text)
     kjv.atomic_write_text(folder / "books.tsv", "".join(f"{o}\t{n}\n" for o, n, _ in books))
 

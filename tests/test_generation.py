@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from attnkit.generation import apply_repetition_penalty, beam_search, check_sampling, generate, reorder_cache
-from attnkit.models import RNNSeq2Seq, RNNSeq2SeqConfig, Transformer, TransformerConfig, TransformerLM, TransformerLMConfig
+from attnkit.models import (
+    RNNSeq2Seq,
+    RNNSeq2SeqConfig,
+    Transformer,
+    TransformerConfig,
+    TransformerLM,
+    TransformerLMConfig,
+)
 
 V = 5
 TABLE = torch.randn(V, V, generator=torch.Generator().manual_seed(0)) * 2  # Markov chain: next-token logits
@@ -307,19 +314,19 @@ def lm():
 
 def test_generation_with_and_without_cache_agree():
     model = lm()
-    no_cache = lambda tokens, history: (  # noqa: E731  recompute everything from the whole sequence
-        model(torch.cat([history, tokens], 1) if history is not None else tokens),
-        torch.cat([history, tokens], 1) if history is not None else tokens,
-    )
+
+    def rerun(tokens, history):  # recompute everything from the whole sequence; logits of the new tokens
+        seq = tokens if history is None else torch.cat([history, tokens], 1)
+        return model(seq)[:, -tokens.shape[1]:], seq
+
     prompt = torch.randint(0, 30, (2, 5), generator=torch.Generator().manual_seed(1))
     for kw in (dict(), dict(temperature=0.9, top_k=10), dict(repetition_penalty=1.3)):
         g1, g2 = (torch.Generator().manual_seed(3) for _ in range(2))
         cached = model.generate(prompt, 12, generator=g1, **kw)
-        full = generate(lambda t, h: (no_cache(t, h)[0][:, -t.shape[1]:], no_cache(t, h)[1]), prompt, 12,
-                        generator=g2, **kw)
+        full = generate(rerun, prompt, 12, generator=g2, **kw)
         assert torch.equal(cached, full)
     beam_cached = model.generate(prompt, 8, beam_size=3)
-    beam_full = beam_search(lambda t, h: (no_cache(t, h)[0][:, -t.shape[1]:], no_cache(t, h)[1]), prompt, 8, beam_size=3)
+    beam_full = beam_search(rerun, prompt, 8, beam_size=3)
     assert torch.equal(beam_cached, beam_full)
 
 

@@ -19,8 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from attnkit.interop import (
-    PretrainedTokenizer, UnsupportedCheckpoint, embed_sentences, encode, load_pretrained, load_tokenizer,
-    save_pretrained, sentence_embeddings,
+    PretrainedTokenizer,
+    UnsupportedCheckpoint,
+    embed_sentences,
+    encode,
+    load_pretrained,
+    load_tokenizer,
+    save_pretrained,
+    sentence_embeddings,
 )
 from attnkit.interop.gguf import unpermute_qk
 from attnkit.models import SequenceClassificationHead, TransformerEncoder, TransformerLM, TransformerLMConfig
@@ -159,7 +165,8 @@ def test_bert_round_trip_through_transformers(tmp_path, minilm_dir, encoder, hf_
     reloaded = load_pretrained(tmp_path, expect=TransformerEncoder)
     with torch.no_grad():
         expected = hf_bert(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
-        assert (reloaded_hf(input_ids=tokens, attention_mask=mask.long()).last_hidden_state - expected)[mask].abs().max() < 1e-5
+        again = reloaded_hf(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        assert (again - expected)[mask].abs().max() < 1e-5
         assert torch.equal(reloaded(tokens, key_mask=mask), encoder(tokens, key_mask=mask))
 
 

@@ -61,7 +61,7 @@ def _clustered(n_clusters=16, per_cluster=16, D=32, spread=0.05, scale=6.0, seed
 
 
 def test_error_falls_as_hash_rounds_grow():
-    errors = {n: 0.0 for n in (1, 2, 4, 8)}
+    errors = dict.fromkeys((1, 2, 4, 8), 0.0)
     for seed in range(3):
         qk, v = _clustered(seed=seed)
         full = shared_qk_attention(qk, v)

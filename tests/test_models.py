@@ -11,8 +11,18 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit.models import (
-    LMCache, MaskedLMHead, Reformer, ReformerConfig, RNNSeq2Seq, RNNSeq2SeqConfig, SequenceClassificationHead,
-    Transformer, TransformerConfig, TransformerEncoder, TransformerEncoderConfig, TransformerLM,
+    LMCache,
+    MaskedLMHead,
+    Reformer,
+    ReformerConfig,
+    RNNSeq2Seq,
+    RNNSeq2SeqConfig,
+    SequenceClassificationHead,
+    Transformer,
+    TransformerConfig,
+    TransformerEncoder,
+    TransformerEncoderConfig,
+    TransformerLM,
     TransformerLMConfig,
 )
 from attnkit.nn import BlockCache

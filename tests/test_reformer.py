@@ -56,7 +56,9 @@ def test_lm_forward_and_loss(attn_layers, positional):
 def test_lm_reversible_equals_plain_float64():
     torch.manual_seed(0)
     a = ReformerLM(_config(attn_layers=("lsh", "full"), ff_chunks=2, dropout=0.1, attn_dropout=0.1)).double()
-    b = ReformerLM(_config(attn_layers=("lsh", "full"), ff_chunks=2, dropout=0.1, attn_dropout=0.1, reversible=False)).double()
+    b = ReformerLM(
+        _config(attn_layers=("lsh", "full"), ff_chunks=2, dropout=0.1, attn_dropout=0.1, reversible=False)
+    ).double()
     b.load_state_dict(a.state_dict())
     tokens = torch.randint(0, 37, (2, 40))
     mask = torch.ones(2, 40, dtype=torch.bool)

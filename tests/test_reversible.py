@@ -6,7 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnkit.nn import (
-    AxialPositionalEmbedding, ChunkedFeedForward, LSHSelfAttention, ReversibleSequence, chunked_cross_entropy,
+    AxialPositionalEmbedding,
+    ChunkedFeedForward,
+    LSHSelfAttention,
+    ReversibleSequence,
+    chunked_cross_entropy,
 )
 from attnkit.nn.axial import axial_shape
 

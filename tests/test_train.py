@@ -14,8 +14,17 @@ import torch
 
 from attnkit.models import TransformerLM, TransformerLMConfig
 from attnkit.train import (
-    IGNORE, CheckpointError, LanguageModelingTask, MaskedLMTask, Seq2SeqTask, TrainConfig, Trainer, load_checkpoint,
-    lr_at, mask_tokens, save_checkpoint,
+    IGNORE,
+    CheckpointError,
+    LanguageModelingTask,
+    MaskedLMTask,
+    Seq2SeqTask,
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+    lr_at,
+    mask_tokens,
+    save_checkpoint,
 )
 
 WORKER = Path(__file__).with_name("train_worker.py")

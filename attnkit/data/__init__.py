@@ -12,13 +12,26 @@
 """
 
 from .batching import pad_sequences, random_windows, token_batches
-from .kjv import VALIDATION_BOOKS, load_kjv, kjv_splits
 from .corpora import PAIR_CORPORA, TEXT_CORPORA, pair_splits, text_splits
+from .kjv import VALIDATION_BOOKS, kjv_splits, load_kjv
 from .tokenizers import (
-    TOKENIZERS, ByteTokenizer, CharTokenizer, SubwordTokenizer, TokenizerSpec, gpt2_tokenizer, load_tokenizer,
+    TOKENIZERS,
+    ByteTokenizer,
+    CharTokenizer,
+    SubwordTokenizer,
+    TokenizerSpec,
+    gpt2_tokenizer,
+    load_tokenizer,
 )
 from .translation import (
-    Pair, load_de_en, load_pairs, parse_line, parse_lines, references_by_source, split_of, split_pairs,
+    Pair,
+    load_de_en,
+    load_pairs,
+    parse_line,
+    parse_lines,
+    references_by_source,
+    split_of,
+    split_pairs,
 )
 
 __all__ = [

@@ -11,8 +11,8 @@ A new corpus is a loader plus one entry here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .kjv import kjv_splits
 from .translation import load_de_en

@@ -46,7 +46,7 @@ class CharTokenizer:
         self._texts = [unk_text, *chars]
 
     @classmethod
-    def train(cls, text: str | Iterable[str], min_count: int = 1) -> "CharTokenizer":
+    def train(cls, text: str | Iterable[str], min_count: int = 1) -> CharTokenizer:
         """Vocabulary of every character occurring at least ``min_count`` times, most frequent first."""
         counts = Counter()
         for piece in [text] if isinstance(text, str) else text:
@@ -80,7 +80,7 @@ class CharTokenizer:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "CharTokenizer":
+    def load(cls, path: str | Path) -> CharTokenizer:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
         if values.get("type") != "CharTokenizer":
             raise ValueError(f"{path} does not hold a CharTokenizer (type={values.get('type')!r})")
@@ -125,7 +125,7 @@ class ByteTokenizer:
         atomic_write_text(Path(path), json.dumps({"type": "ByteTokenizer"}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ByteTokenizer":
+    def load(cls, path: str | Path) -> ByteTokenizer:
         values = json.loads(Path(path).read_text(encoding="utf-8"))
         if values.get("type") != "ByteTokenizer":
             raise ValueError(f"{path} does not hold a ByteTokenizer (type={values.get('type')!r})")
@@ -167,7 +167,7 @@ class SubwordTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
-              algorithm: str = "bpe") -> "SubwordTokenizer":
+              algorithm: str = "bpe") -> SubwordTokenizer:
         """Learn a vocabulary of ``vocab_size`` entries (special tokens included) from ``texts``."""
         hf = _hf_tokenizers()
         specials = [PAD, BOS, EOS]
@@ -231,7 +231,7 @@ class SubwordTokenizer:
         atomic_write_text(Path(path), json.dumps(values, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: str | Path) -> "SubwordTokenizer":
+    def load(cls, path: str | Path) -> SubwordTokenizer:
         text = Path(path).read_text(encoding="utf-8")
         values = json.loads(text)
         specials = values.pop("attnkit_specials", [PAD, BOS, EOS])

@@ -1,7 +1,12 @@
 """Pure functions over (B, H, T, D) tensors."""
 
 from .attention import (
-    causal_mask, check_key_mask, dot_product_attention, key_to_attn_mask, padding_mask, repeat_kv,
+    causal_mask,
+    check_key_mask,
+    dot_product_attention,
+    key_to_attn_mask,
+    padding_mask,
+    repeat_kv,
 )
 from .lsh import lsh_attention, lsh_buckets, lsh_plan, shared_qk_attention
 from .rotary import apply_rotary, rotary_angles

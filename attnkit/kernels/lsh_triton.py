@@ -110,7 +110,7 @@ def lsh_forward_kernel(
     pos_q, code_q, ok_q = _slots(order, code, c, offs, C, L, NB, n_chunks)
     q = _load_rows(qk, pos_q, ok_q, s_ql, s_qd, offs_d, D)  # (BLOCK, BLOCK_D)
     m = tl.full((BLOCK,), float("-inf"), tl.float32)  # running max of the scores
-    l = tl.zeros((BLOCK,), tl.float32)  # running sum of exp(score - m)
+    denom = tl.zeros((BLOCK,), tl.float32)  # running sum of exp(score - m)
     acc = tl.zeros((BLOCK, BLOCK_DV), tl.float32)
     for w in tl.static_range(2):  # the window: chunk c - 1, then chunk c
         pos_k, code_k, ok_k = _slots(order, code, c - 1 + w, offs, C, L, NB, n_chunks)
@@ -121,14 +121,14 @@ def lsh_forward_kernel(
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet stay at zero
         alpha = tl.exp(m - m_ref)
         p = tl.exp(s - m_ref[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
+        denom = denom * alpha + tl.sum(p, axis=1)
         vk = _load_rows(v, pos_k, ok_k, s_vl, s_vd, offs_dv, DV)
         acc = acc * alpha[:, None] + _dot(p.to(vk.dtype), vk, PRECISION)
         m = m_new
 
-    has = l > 0.0
-    lse_r = tl.where(has, m + tl.log(tl.where(has, l, 1.0)), float("-inf"))  # this round's log-sum-exp
-    o = acc / tl.where(has, l, 1.0)[:, None]
+    has = denom > 0.0
+    lse_r = tl.where(has, m + tl.log(tl.where(has, denom, 1.0)), float("-inf"))  # this round's log-sum-exp
+    o = acc / tl.where(has, denom, 1.0)[:, None]
     out_ptrs = out + pos_q[:, None] * s_ol + offs_dv[None, :] * s_od
     out_mask = ok_q[:, None] & (offs_dv[None, :] < DV)
     if FIRST:

@@ -1,10 +1,13 @@
 """Model families, each built from its config dataclass."""
 
+from .common import LMCache
 from .encoder import (
-    MaskedLMHead, SequenceClassificationHead, TransformerEncoder, TransformerEncoderConfig,
+    MaskedLMHead,
+    SequenceClassificationHead,
+    TransformerEncoder,
+    TransformerEncoderConfig,
     TransformerEncoderForMaskedLM,
 )
-from .common import LMCache
 from .lm import TransformerLM, TransformerLMConfig
 from .reformer import Reformer, ReformerConfig, ReformerLM
 from .rnn import RNNEncoding, RNNSeq2Seq, RNNSeq2SeqConfig, RNNState

@@ -46,7 +46,9 @@ class TransformerEncoderConfig(Config):
         check_choice(self, "positional", POSITIONALS)
         check_choice(self, "activation", ACTIVATIONS)
         if self.positional == "rotary":
-            raise ValueError("TransformerEncoderConfig.positional: rotary is not supported here; use learned or sinusoidal")
+            raise ValueError(
+                "TransformerEncoderConfig.positional: rotary is not supported here; use learned or sinusoidal"
+            )
         if self.n_token_types < 0:
             raise ValueError(f"n_token_types must be >= 0, got {self.n_token_types}")
 

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
-from ..generation import beam_search, check_prompt, check_sampling, generate
 from ..functional import key_to_attn_mask
+from ..generation import beam_search, check_prompt, check_sampling, generate
 from ..nn import KVCache, RMSNorm, make_norm
 from ..nn.block import BlockCache
 from ..nn.layers import ACTIVATIONS
 from .common import (
-    POSITIONALS, Embeddings, LMCache, cache_length, check_tokens, make_blocks, resolve_key_mask, run_blocks,
+    POSITIONALS,
+    Embeddings,
+    LMCache,
+    cache_length,
+    check_tokens,
+    make_blocks,
+    resolve_key_mask,
+    run_blocks,
 )
 
 

@@ -8,8 +8,8 @@ each layer is LSH or full attention, as ``attn_layers`` says, cycled over the la
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -106,7 +106,8 @@ class ReformerConfig(Config):
                     f"ReformerConfig.axial_shape {self.axial_shape} covers {self.axial_shape[0] * self.axial_shape[1]} "
                     f"positions, fewer than max_len={self.max_len}; enlarge it or leave it None"
                 )
-        if self.pad_id is not None and not 0 <= self.pad_id < min(self.vocab_size, self.src_vocab_size or self.vocab_size):
+        smallest_vocab = min(self.vocab_size, self.src_vocab_size or self.vocab_size)
+        if self.pad_id is not None and not 0 <= self.pad_id < smallest_vocab:
             raise ValueError(f"ReformerConfig.pad_id={self.pad_id} must be a valid token id")
 
     def attention_kind(self, layer: int) -> str:

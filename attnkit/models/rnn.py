@@ -7,8 +7,9 @@ attention-weighted context together with the previous target token into its recu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn

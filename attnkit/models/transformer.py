@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,14 @@ from ..generation import beam_search, check_sampling, generate
 from ..nn import make_norm
 from ..nn.layers import ACTIVATIONS
 from .common import (
-    POSITIONALS, Embeddings, LMCache, cache_length, check_same_batch, check_tokens, make_blocks, resolve_key_mask,
+    POSITIONALS,
+    Embeddings,
+    LMCache,
+    cache_length,
+    check_same_batch,
+    check_tokens,
+    make_blocks,
+    resolve_key_mask,
     run_blocks,
 )
 
@@ -65,7 +72,7 @@ class TransformerConfig(Config):
             raise ValueError(f"pad_id={self.pad_id} must be a valid id in both vocabularies")
 
     @classmethod
-    def base(cls, **overrides) -> "TransformerConfig":
+    def base(cls, **overrides) -> TransformerConfig:
         """The paper's base model (Table 3): 6+6 layers, d_model 512, 8 heads, d_ff 2048, dropout 0.1,
         post-norm, a shared source/target BPE vocabulary of 37,000 with one embedding matrix shared
         by the encoder, the decoder and the output projection: about 63M parameters (the paper: 65M)."""

@@ -1,5 +1,7 @@
 """Thin modules that own parameters and call the functional core."""
 
+from torch.nn import LayerNorm
+
 from .attention import AttentionOutput, KVCache, MultiHeadAttention
 from .axial import AxialPositionalEmbedding
 from .block import BlockCache, TransformerBlock
@@ -8,8 +10,6 @@ from .layers import FeedForward, RMSNorm, make_norm
 from .lsh import LSHSelfAttention
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 from .reversible import ReversibleSequence
-
-from torch.nn import LayerNorm
 
 __all__ = [
     "AttentionOutput",

@@ -9,8 +9,22 @@
 from .config import DataConfig, RunConfig, apply_override, config_path, presets
 from .kinds import KINDS, Evaluation, TaskKind
 from .ops import (
-    Description, Run, TrainResult, build_model, build_tokenizer, count_parameters, describe, evaluate_run, load_run,
-    read_run_config, resolve_model_config, resume_run, sample, sample_run, train_run, translate_run,
+    Description,
+    Run,
+    TrainResult,
+    build_model,
+    build_tokenizer,
+    count_parameters,
+    describe,
+    evaluate_run,
+    load_run,
+    read_run_config,
+    resolve_model_config,
+    resume_run,
+    sample,
+    sample_run,
+    train_run,
+    translate_run,
 )
 from .registry import MODELS, ModelSpec, register_model
 

@@ -140,7 +140,8 @@ def config_path(name: str | Path) -> Path:
     stem = path.name[: -len(".toml")] if path.name.endswith(".toml") else path.name
     if stem in found and path.parent == Path("."):
         return found[stem]
-    raise UsageError(f"config {str(name)!r} is neither a file nor a preset (presets: {', '.join(sorted(found)) or 'none'})")
+    names = ", ".join(sorted(found)) or "none"
+    raise UsageError(f"config {str(name)!r} is neither a file nor a preset (presets: {names})")
 
 
 def apply_override(values: dict[str, Any], item: str) -> None:

@@ -188,7 +188,7 @@ class TranslationKind(TaskKind):
         if getattr(tokenizer, "pad_id", None) is None:
             raise UsageError(f"translation needs a tokenizer with <pad>, <bos> and <eos>; data.tokenizer = "
                              f"{data.tokenizer!r} has none (use bpe, wordpiece, unigram or byte)")
-        names = {f for f in config_cls.__dataclass_fields__}
+        names = set(config_cls.__dataclass_fields__)
         fixed = {"src_vocab_size": tokenizer.vocab_size, "tgt_vocab_size": tokenizer.vocab_size,
                  "vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}
         return {"max_len": data.max_len + 1, **values, **{k: v for k, v in fixed.items() if k in names}}

@@ -9,8 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models import (
-    ReformerConfig, ReformerLM, RNNSeq2Seq, RNNSeq2SeqConfig, Transformer, TransformerConfig, TransformerEncoderConfig,
-    TransformerEncoderForMaskedLM, TransformerLM, TransformerLMConfig,
+    ReformerConfig,
+    ReformerLM,
+    RNNSeq2Seq,
+    RNNSeq2SeqConfig,
+    Transformer,
+    TransformerConfig,
+    TransformerEncoderConfig,
+    TransformerEncoderForMaskedLM,
+    TransformerLM,
+    TransformerLMConfig,
 )
 from .kinds import KINDS, TaskKind
 

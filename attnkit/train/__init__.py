@@ -1,7 +1,12 @@
 """Training: the trainer, schedules, atomic checkpoints, the run folder, tasks."""
 
 from .checkpoint import (
-    CheckpointError, latest_checkpoint, load_checkpoint, newest_valid_checkpoint, save_checkpoint, verify_checkpoint,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    newest_valid_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
 )
 from .runfolder import RunFolder
 from .schedules import lr_at

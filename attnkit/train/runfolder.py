@@ -51,7 +51,8 @@ class RunFolder:
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():
             what = "does not exist" if not self.path.exists() else f"has no {RUN_CONFIG}"
-            raise UsageError(f"{self.path} {what}: it is not an attnkit run folder (attnkit train --config ... makes one)")
+            raise UsageError(f"{self.path} {what}: it is not an attnkit run folder "
+                             "(attnkit train --config ... makes one)")
         try:
             return json.loads(self.config_path.read_text())
         except json.JSONDecodeError as e:

@@ -11,7 +11,8 @@ through it: the task passes the targets to the model's forward.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
