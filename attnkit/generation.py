@@ -245,3 +245,14 @@ def beam_search(
     width = max(r.shape[0] for r in results)
     fill = next(iter(stops), 0)
     return torch.stack([torch.cat([r, r.new_full((width - r.shape[0],), fill)]) for r in results])
+
+
+def search(step: Callable, tokens: Tensor, max_new_tokens: int, *, beam_size: int = 1,
+           eos_id: int | Sequence[int] | None = None, length_penalty: float = 1.0, **sampling) -> Tensor:
+    """Decode with one step function: :func:`beam_search` when ``beam_size > 1`` (the ``sampling``
+    options do not apply to it), else :func:`generate` with the ``sampling`` options."""
+    check_sampling(beam_size=beam_size, max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+    if beam_size == 1:
+        return generate(step, tokens, max_new_tokens, eos_id=eos_id, **sampling)
+    return beam_search(step, tokens, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                       length_penalty=length_penalty)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
 from ..functional import check_key_mask, key_to_attn_mask
-from ..generation import beam_search, check_prompt, check_sampling, generate
+from ..generation import check_prompt, check_sampling, search
 from ..nn import MultiHeadAttention, make_norm
 from ..nn.chunked import ChunkedFeedForward, TokenLoss, chunked_cross_entropy, run_chunked
 from ..nn.layers import ACTIVATIONS
@@ -293,13 +293,8 @@ class ReformerLM(nn.Module):
             seq = new if prefix is None else torch.cat([prefix, new], dim=1)
             return self(seq)[:, -new.shape[1] :], seq
 
-        if beam_size > 1:
-            return beam_search(step, tokens, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
-                               length_penalty=length_penalty)
-        return generate(
-            step, tokens, max_new_tokens, eos_id=eos_id, temperature=temperature, top_k=top_k, top_p=top_p,
-            generator=generator, **options,
-        )
+        return search(step, tokens, max_new_tokens, beam_size=beam_size, eos_id=eos_id, length_penalty=length_penalty,
+                      temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, **options)
 
 
 def _check_targets(targets, tokens: Tensor, vocab_size: int) -> None:
@@ -412,7 +407,5 @@ class Reformer(nn.Module):
             logits = self.decode(seq, memory, src_key_mask, torch.ones_like(seq, dtype=torch.bool))
             return logits[:, -new.shape[1] :], seq
 
-        if beam_size > 1:
-            return beam_search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
-                               length_penalty=length_penalty)
-        return generate(step, start, max_new_tokens, eos_id=eos_id, **sampling)
+        return search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                      length_penalty=length_penalty, **sampling)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_positive
-from ..generation import beam_search, check_sampling, generate
+from ..generation import check_sampling, search
 from .common import check_same_batch, check_tokens, resolve_key_mask
 
 
@@ -177,7 +177,5 @@ class RNNSeq2Seq(nn.Module):
             return self._decode(tokens, memory, memory.state if state is None else state)
 
         start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
-        if beam_size > 1:
-            return beam_search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
-                               length_penalty=length_penalty)
-        return generate(step, start, max_new_tokens, eos_id=eos_id, **sampling)
+        return search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                      length_penalty=length_penalty, **sampling)

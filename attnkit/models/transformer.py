@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
 from ..functional import check_key_mask, key_to_attn_mask
-from ..generation import beam_search, check_sampling, generate
+from ..generation import check_sampling, search
 from ..nn import make_norm
 from ..nn.layers import ACTIVATIONS
 from .common import (
@@ -193,7 +193,5 @@ class Transformer(nn.Module):
             memory = memory.repeat_interleave(beam_size, 0)
             src_key_mask = None if src_key_mask is None else src_key_mask.repeat_interleave(beam_size, 0)
         step = lambda tokens, cache: self.decode(tokens, memory, src_key_mask, cache=cache)  # noqa: E731
-        if beam_size > 1:
-            return beam_search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
-                               length_penalty=length_penalty)
-        return generate(step, start, max_new_tokens, eos_id=eos_id, **sampling)
+        return search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
+                      length_penalty=length_penalty, **sampling)
