@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..io import atomic_write_text
-from .checkpoint import list_checkpoints, newest_valid_checkpoint
+from .checkpoint import list_checkpoints, newest_valid_checkpoint, save_checkpoint
 
 RUN_CONFIG, TOKENIZER, METRICS = "run.json", "tokenizer.json", "metrics.jsonl"
 
@@ -91,6 +91,11 @@ class RunFolder:
         os.replace(tmp, self.metrics_path)
 
     # ---- checkpoints ------------------------------------------------------------------------------
+
+    def save_checkpoint(self, step: int, model_state, model_config, optimizer_state, trainer_state,
+                        keep: int) -> Path:
+        """Write checkpoint ``step`` atomically, keeping the newest ``keep`` (see attnkit.train.checkpoint)."""
+        return save_checkpoint(self.path, step, model_state, model_config, optimizer_state, trainer_state, keep=keep)
 
     def checkpoints(self) -> list[Path]:
         return list_checkpoints(self.path)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..config import Config, check_choice, check_positive
-from .checkpoint import read_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import read_checkpoint, set_rng_state
 from .runfolder import RunFolder
 from .schedules import SCHEDULES, lr_at
 from .tasks import Task
@@ -180,8 +180,8 @@ class Trainer:
         model_state, optimizer_state = self._full_state()
         if self.rank != 0:
             return None
-        return save_checkpoint(
-            self.run_dir, self.step, model_state, self.model_config, optimizer_state,
+        return self.folder.save_checkpoint(
+            self.step, model_state, self.model_config, optimizer_state,
             {**self.state, "train_config": self.config.to_dict()}, keep=self.config.keep_checkpoints,
         )
 
