@@ -26,9 +26,10 @@ strategy = sys.argv[2] if len(sys.argv) > 2 else "ddp"
 minutes = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 config = TrainConfig(max_steps=100_000 if minutes else 12, lr=3e-3, warmup_steps=2, eval_every=6,
                      checkpoint_every=6, progress=False, minutes=minutes)
+wrapped = wrap_model(model, device, strategy)  # DDP's constructor synchronizes the ranks
 if minutes and rank == 1:
-    time.sleep(1.0)
-summary = Trainer(wrap_model(model, device, strategy), task, config, run_dir=sys.argv[1], model_config=model.config,
+    time.sleep(1.0)  # after the last collective before training: rank 1's clock starts a second late
+summary = Trainer(wrapped, task, config, run_dir=sys.argv[1], model_config=model.config,
                   device=device).train(resume=False)
 Path(sys.argv[1], f"last-step-{rank}.txt").write_text(f"{summary['step']} {summary['stop_reason']}")
 cleanup()
