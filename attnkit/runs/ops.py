@@ -122,7 +122,11 @@ def load_run(path: str | Path, *, log: Log = _stderr) -> Run:
     spec = MODELS[config.model_type]
     values = read_config(checkpoint)
     values.pop("type", None)
-    model = spec.model(spec.config.from_dict(values))
+    try:
+        model_config = spec.config.from_dict(values)
+    except ValueError as e:  # written by another version of attnkit, or edited by hand
+        raise UsageError(f"{checkpoint / 'config.json'} does not describe a {config.model_type}: {e}") from None
+    model = spec.model(model_config)
     load_checkpoint(checkpoint, model)
     return Run(folder, config, tokenizer, model.eval(), checkpoint)
 
