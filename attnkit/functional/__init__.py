@@ -8,7 +8,7 @@ from .attention import (
     padding_mask,
     repeat_kv,
 )
-from .lsh import lsh_attention, lsh_buckets, lsh_plan, shared_qk_attention
+from .lsh import LSHWeights, lsh_attention, lsh_attention_weights, lsh_buckets, lsh_plan, shared_qk_attention
 from .rotary import apply_rotary, rotary_angles
 
 __all__ = [
@@ -17,7 +17,9 @@ __all__ = [
     "check_key_mask",
     "dot_product_attention",
     "key_to_attn_mask",
+    "LSHWeights",
     "lsh_attention",
+    "lsh_attention_weights",
     "lsh_buckets",
     "lsh_plan",
     "padding_mask",

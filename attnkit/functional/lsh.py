@@ -38,6 +38,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -286,6 +287,95 @@ def lsh_attention(
             raise ValueError("dropout_p > 0 is only supported by impl='chunked'")
         return _reference(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, scale)
     return _chunked(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, dropout_p, seed, scale)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The weights, for looking at them: which keys each query attended to, and how much.
+
+
+class LSHWeights(NamedTuple):
+    """What :func:`lsh_attention_weights` returns.
+
+    ``weights``: sparse COO (B, H, L, L), row i the weights query i gives the keys (summed over the
+    rounds that met the pair; rows of real tokens sum to one, padding rows are empty); ``buckets``
+    (B, H, n_hashes, L): each token's bucket per round; ``chunks`` (B, H, n_hashes, L): the chunk of
+    the round's (bucket, position) order each token falls in.
+    """
+
+    weights: Tensor
+    buckets: Tensor
+    chunks: Tensor
+
+
+@torch.no_grad()
+def lsh_attention_weights(
+    qk: Tensor,
+    *,
+    n_hashes: int = 4,
+    bucket_size: int = 64,
+    causal: bool = False,
+    key_mask: Tensor | None = None,
+    seed: int,
+    n_buckets: int | tuple[int, ...] | None = None,
+    attend_across_buckets: bool = False,
+    dedup: bool = False,
+    scale: float | None = None,
+) -> LSHWeights:
+    """The attention weights :func:`lsh_attention` uses for the same arguments (and ``seed``), as a
+    sparse matrix: ``weights @ v`` is its output (without dropout). Memory O(n_hashes L bucket_size),
+    so it serves for long sequences too; the tests hold it to ``impl="reference"``.
+    """
+    B, H, L, D = qk.shape
+    plan = lsh_plan(L, bucket_size, n_buckets)
+    valid = _valid(key_mask, B, H, L)
+    scale = D**-0.5 if scale is None else float(scale)
+    N, R, C, n = B * H, n_hashes, plan.chunk, plan.n_chunks
+    buckets = lsh_buckets(qk, n_hashes, plan.factors, seed)  # (B, H, R, L)
+    b_flat = buckets.reshape(N, R, L)
+    real = None if valid is None else valid.reshape(N, L)
+    ranks = _sort_ranks(b_flat, None if real is None else real[:, None].expand(N, R, L), plan.n_buckets)
+    order = ranks.argsort(dim=-1)  # (N, R, L): the positions in the round's sorted order
+    order = torch.cat([order, order.new_full((N, R, n * C - L), -1)], dim=-1).view(N, R, n, C)  # -1: empty slot
+    before = torch.cat([order.new_full((N, R, 1, C), -1), order[:, :, :-1]], dim=2)  # the chunk before
+    window = torch.cat([before, order], dim=-1)  # (N, R, n, 2C): the keys each chunk meets
+    qi, kj = order[..., :, None], window[..., None, :]  # (N, R, n, C, 1), (N, R, n, 1, 2C)
+    allowed = (qi >= 0) & (kj >= 0) & (qi != kj)  # (N, R, n, C, 2C); never itself (see _self_fallback)
+    if causal:
+        allowed &= kj < qi
+    qc, kc = qi.clamp_min(0), kj.clamp_min(0)
+    n_idx = torch.arange(N, device=qk.device).view(N, 1, 1, 1, 1)
+    r_idx = torch.arange(R, device=qk.device).view(1, R, 1, 1, 1)
+    if real is not None:
+        allowed &= real[n_idx, qc] & real[n_idx, kc]
+    if not attend_across_buckets:
+        allowed &= b_flat[n_idx, r_idx, qc] == b_flat[n_idx, r_idx, kc]
+    x = qk.reshape(N, L, D).float()
+    k = torch.nn.functional.normalize(x, dim=-1) * scale
+    q_rows = x[n_idx[..., 0], order.clamp_min(0)]  # (N, R, n, C, D)
+    k_rows = k[n_idx[..., 0], window.clamp_min(0)]  # (N, R, n, 2C, D)
+    scores = (q_rows @ k_rows.transpose(-2, -1)).masked_fill(~allowed, float("-inf"))  # (N, R, n, C, 2C)
+    i_all, j_all, n_all = qc.expand_as(allowed), kc.expand_as(allowed), n_idx.expand_as(allowed)
+    if dedup:  # a pair met in m rounds has its score lowered by log m, so it counts once
+        pair = (n_all * L + i_all) * L + j_all
+        _, inverse, counts = torch.unique(pair[allowed], return_inverse=True, return_counts=True)
+        scores[allowed] -= counts[inverse].float().log()
+    # one softmax over every pair the rounds found: lse_i = logsumexp over rounds of each round's lse
+    lse_rounds = torch.full((N, R, L + 1), float("-inf"), device=qk.device)  # column L takes empty slots
+    lse_rounds[n_idx[..., 0], r_idx[..., 0], order] = torch.logsumexp(scores, dim=-1)
+    lse = torch.logsumexp(lse_rounds[..., :L], dim=1)  # (N, L)
+    p = torch.exp(scores - lse[n_idx, qc])  # (N, R, n, C, 2C)
+    n_kept, i_kept = n_all[allowed], i_all[allowed]
+    indices = torch.stack([n_kept // H, n_kept % H, i_kept, j_all[allowed]])
+    values = p[allowed]
+    met = torch.zeros(N * L, dtype=torch.bool, device=qk.device)
+    met[n_kept * L + i_kept] = True
+    lonely = ~met.view(B, H, L) if valid is None else valid & ~met.view(B, H, L)
+    lb, lh, li = lonely.nonzero(as_tuple=True)  # a real token that met no other token attends to itself
+    indices = torch.cat([indices, torch.stack([lb, lh, li, li])], dim=1)
+    values = torch.cat([values, values.new_ones(li.shape[0])])
+    weights = torch.sparse_coo_tensor(indices, values, (B, H, L, L), check_invariants=False).coalesce()
+    chunks = ranks.view(B, H, R, L) // C
+    return LSHWeights(weights, buckets, chunks)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -99,27 +99,11 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, n_heads, self.d_head).transpose(1, 2)  # (B, H, T, D)
 
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        cache: KVCache | None = None,
-        impl: str = "auto",
-    ) -> AttentionOutput:
-        """Attend from x to itself (self-attention) or to ``context`` (encoder/decoder attention).
-
-        Args:
-            x: (B, T, d_model) queries' input.
-            context: (B, S, d_context) encoder output; None for self-attention.
-            attn_mask: boolean attention mask, True = may attend, broadcastable to (B, H, T, S) where S
-                counts cached keys (a (B, S) key padding mask ``m`` is passed as ``m[:, None, None, :]``).
-            cache: keys/values from earlier calls: for self-attention the new ones are appended; for
-                encoder/decoder attention the cached ones are used instead of projecting ``context``.
-
-        Returns:
-            ``AttentionOutput(y, cache)``: y (B, T, d_model) and the cache to pass to the next call.
-        """
+    def project(
+        self, x: Tensor, context: Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The queries, keys and values :meth:`forward` attends with -> q (B, H, T, D), k and v
+        (B, H_kv, S, D): projected, split into heads, rotated (rotary) and appended to the cache."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must have shape (B, T, d_model={self.d_model}), got {tuple(x.shape)}")
         B, T, _ = x.shape
@@ -145,6 +129,31 @@ class MultiHeadAttention(nn.Module):
                     raise ValueError(f"cache holds batch size {cache.k.shape[0]}, but x has {B}")
                 k = torch.cat([cache.k, k], dim=2)  # (B, H_kv, past + T, D)
                 v = torch.cat([cache.v, v], dim=2)
+        return q, k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        impl: str = "auto",
+    ) -> AttentionOutput:
+        """Attend from x to itself (self-attention) or to ``context`` (encoder/decoder attention).
+
+        Args:
+            x: (B, T, d_model) queries' input.
+            context: (B, S, d_context) encoder output; None for self-attention.
+            attn_mask: boolean attention mask, True = may attend, broadcastable to (B, H, T, S) where S
+                counts cached keys (a (B, S) key padding mask ``m`` is passed as ``m[:, None, None, :]``).
+            cache: keys/values from earlier calls: for self-attention the new ones are appended; for
+                encoder/decoder attention the cached ones are used instead of projecting ``context``.
+
+        Returns:
+            ``AttentionOutput(y, cache)``: y (B, T, d_model) and the cache to pass to the next call.
+        """
+        q, k, v = self.project(x, context, cache)
+        B, T, _ = x.shape
         y = dot_product_attention(
             q,
             k,
