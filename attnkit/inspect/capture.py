@@ -200,5 +200,12 @@ def capture_attention(model: nn.Module, *args: Any, tokens: Sequence[str] | None
 
 def token_labels(tokenizer, ids: Sequence[int]) -> list[str]:
     """Each id decoded on its own, for labels (a byte-level piece of a longer character may show as a
-    replacement character)."""
-    return [tokenizer.decode([int(i)]) for i in ids]
+    replacement character); a special token, which decodes to nothing, shows as itself (e.g. [CLS])."""
+    inner = getattr(tokenizer, "tokenizer", None)  # a Hugging Face tokenizer inside, if any
+    labels = []
+    for i in ids:
+        text = tokenizer.decode([int(i)])
+        if not text and inner is not None and hasattr(inner, "id_to_token"):
+            text = inner.id_to_token(int(i)) or ""
+        labels.append(text)
+    return labels

@@ -26,7 +26,8 @@ STOP_TOKENS = ("<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>")
 class PretrainedTokenizer:
     """A checkpoint's ``tokenizers.Tokenizer`` with the interface of attnkit's tokenizers.
 
-    ``encode(text) -> list[int]`` adds no special tokens (a prompt continues as written);
+    ``encode(text) -> list[int]`` adds no special tokens (a prompt continues as written), unless
+    ``add_special_tokens`` (an encoder's input: BERT's [CLS] ... [SEP]);
     ``decode(ids) -> str`` skips special tokens. ``stop_ids`` are the ids of the vocabulary's end-of-text
     tokens (those of :data:`STOP_TOKENS` it has), for generation's ``eos_id``. ``unk_id`` is None: a
     byte-level vocabulary encodes any text.
@@ -34,8 +35,8 @@ class PretrainedTokenizer:
 
     unk_id = None
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, *, add_special_tokens: bool = False):
+        self.tokenizer, self.add_special_tokens = tokenizer, add_special_tokens
         self.stop_ids: list[int] = [i for t in STOP_TOKENS if (i := tokenizer.token_to_id(t)) is not None]
 
     @property
@@ -44,8 +45,8 @@ class PretrainedTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        """text -> ids, without special tokens."""
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        """text -> ids (with the special tokens only if ``add_special_tokens``)."""
+        return self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids
 
     def decode(self, ids) -> str:
         """ids (any iterable of ints, or a 1-D tensor) -> text, special tokens skipped."""

@@ -354,3 +354,50 @@ def describe(config: RunConfig | None = None, run_dir: str | Path | None = None)
                 "train": config.train.to_dict()}
     what = MODELS[config.model_type].kind.describe(config.data)
     return Description(what, config.model_type, count_parameters(model), resolved)
+
+
+# ---- attention ----------------------------------------------------------------------------------
+
+def capture_text(model, tokenizer, text: str, *, kind: str, beam_size: int = 4,
+                 layers: list[int | str] | None = None, heads: list[int] | None = None):
+    """The attention maps of ``model`` for ``text`` (see :func:`attnkit.inspect.capture_attention`).
+
+    ``kind`` "lm" or "mlm" (also a pretrained encoder): ``text`` is the input. "seq2seq": ``text`` is
+    the source; it is translated first (beam search), and the maps are those of the forward pass over
+    the translation, its rows labelled by the token each decoder position produced.
+    """
+    from ..inspect import capture_attention, token_labels
+
+    if not text:
+        raise UsageError("--text is empty: give the text whose attention to show")
+    ids = tokenizer.encode(text)
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is not None and unk in ids:
+        unseen = "".join(sorted({c for c, i in zip(text, ids) if i == unk}))
+        raise UsageError(f"the text holds characters the model never saw: {unseen!r}")
+    max_len = model.config.max_len
+    if len(ids) > max_len:
+        raise UsageError(f"the text is {len(ids)} tokens; the model's context is {max_len}: shorten it")
+    options = dict(layers=layers, heads=heads)
+    try:
+        if kind != "seq2seq":
+            return capture_attention(model, torch.tensor([ids]), tokens=token_labels(tokenizer, ids), **options)
+        src = torch.tensor([ids])
+        out = model.generate(src, 100, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, beam_size=beam_size)
+        produced = out[0, 1:].tolist()
+        if tokenizer.eos_id in produced:
+            produced = produced[: produced.index(tokenizer.eos_id) + 1]
+        tgt_in = torch.tensor([[tokenizer.bos_id, *produced[:-1]]]) if produced else out[:, :1]
+        rows = [("</s>" if i == tokenizer.eos_id else tokenizer.decode([i])) for i in produced] or ["</s>"]
+        return capture_attention(model, src, tgt_in, tokens=rows, source_tokens=token_labels(tokenizer, ids),
+                                 **options)
+    except ValueError as e:  # a layer or head the model does not have
+        if str(e).startswith(("layers:", "heads:")):
+            raise UsageError(f"--{e}") from None
+        raise
+
+
+def attention_run(run: Run | str | Path, text: str, **options):
+    """The attention maps of a run's model for ``text`` (see :func:`capture_text`)."""
+    run = _as_run(run)
+    return capture_text(run.model, run.tokenizer, text, kind=run.spec.kind.name, **options)
