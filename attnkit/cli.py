@@ -85,7 +85,9 @@ def _report_training(result, args) -> None:
           f"{s['stop_reason'].replace('_', ' ')}); best held-out loss {s['best_eval_loss']:.4f} nats per token")
     run = load_run(result.folder.path)
     print(evaluate_run(run, max_tokens=args.eval_tokens, limit=args.eval_sentences, beam_size=4, show=5).report())
-    if run.spec.kind.command == "generate":
+    from .data import SYNTHETIC_CORPORA
+
+    if run.spec.kind.command == "generate" and args.sample_tokens and run.config.data.corpus not in SYNTHETIC_CORPORA:
         prompt = args.prompt or ("And God said" if run.config.data.corpus == "kjv" else "The ")
         print()
         print(prompt, end="", flush=True)
@@ -262,7 +264,8 @@ def cmd_eval(args) -> int:
     from .runs import evaluate_run
 
     print(evaluate_run(args.run, max_tokens=args.max_tokens, beam_size=args.beam_size, limit=args.limit,
-                       show=args.show).report())
+                       show=args.show, n_hashes=args.n_hashes, bucket_size=args.bucket_size,
+                       n_buckets=args.n_buckets).report())
     return 0
 
 
@@ -411,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=_integer(1), default=None, help="translation: score the first N test sentences")
     e.add_argument("--show", type=_integer(0), default=5, help="translation: print N examples")
     e.add_argument("--max-tokens", type=_integer(1), default=None, help="text runs: score the first N held-out tokens")
+    e.add_argument("--n-hashes", type=_integer(1), help="LSH layers: evaluate with this many hash rounds")
+    e.add_argument("--bucket-size", type=_integer(1),
+                   help="LSH layers: chunk width (at least the length: full shared-QK attention)")
+    e.add_argument("--n-buckets", type=_integer(1), help="LSH layers: bucket count (1: local attention)")
     e.set_defaults(fn=cmd_eval)
 
     i = add("info", "the model a run config builds (or a run folder built): parameters and resolved config",

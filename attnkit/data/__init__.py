@@ -12,12 +12,13 @@
 """
 
 from .batching import pad_sequences, random_windows, token_batches
-from .corpora import PAIR_CORPORA, TEXT_CORPORA, pair_splits, text_splits
+from .corpora import PAIR_CORPORA, SYNTHETIC_CORPORA, TEXT_CORPORA, pair_splits, text_splits
 from .kjv import VALIDATION_BOOKS, kjv_splits, load_kjv
 from .tokenizers import (
     TOKENIZERS,
     ByteTokenizer,
     CharTokenizer,
+    IdTokenizer,
     SubwordTokenizer,
     TokenizerSpec,
     gpt2_tokenizer,
@@ -37,7 +38,9 @@ from .translation import (
 __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
+    "IdTokenizer",
     "PAIR_CORPORA",
+    "SYNTHETIC_CORPORA",
     "Pair",
     "SubwordTokenizer",
     "TEXT_CORPORA",

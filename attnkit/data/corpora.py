@@ -6,6 +6,10 @@
 - parallel corpora (translation): :data:`PAIR_CORPORA` maps a name to a function giving the splits
   ``{"train", "validation", "test"}`` of source/target :class:`~attnkit.data.translation.Pair` lists.
 
+- synthetic tasks (:data:`SYNTHETIC_CORPORA`): sequences drawn from a seed, no text; the language-model
+  runs build their task from the name (``"duplication"``: the Reformer paper's ``0 w 0 w``, of length
+  ``data.context`` over ``data.vocab_size`` symbols, tokenizer ``"ids"``).
+
 A new corpus is a loader plus one entry here.
 """
 
@@ -19,6 +23,7 @@ from .translation import load_de_en
 
 TEXT_CORPORA: dict[str, Callable[[], tuple[str, str]]] = {"kjv": kjv_splits}
 PAIR_CORPORA: dict[str, Callable[[], dict]] = {"de-en": lambda: load_de_en()}
+SYNTHETIC_CORPORA = ("duplication",)
 HELD_OUT_FRACTION = 0.05
 
 

@@ -132,6 +132,41 @@ class ByteTokenizer:
         return cls()
 
 
+class IdTokenizer:
+    """Token ids written as text, for synthetic tasks whose symbols are numbers: ``"0 17 5"`` <-> [0, 17, 5]."""
+
+    unk_id = None
+
+    def __init__(self, vocab_size: int):
+        if not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        """Whitespace-separated ids -> ids; raises ValueError for anything else or an id out of range."""
+        try:
+            ids = [int(t) for t in text.split()]
+        except ValueError:
+            raise ValueError(f"expected whitespace-separated token ids, got {text[:40]!r}") from None
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), json.dumps({"type": "IdTokenizer", "vocab_size": self.vocab_size}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> IdTokenizer:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+        if values.get("type") != "IdTokenizer":
+            raise ValueError(f"{path} does not hold an IdTokenizer (type={values.get('type')!r})")
+        return cls(values["vocab_size"])
+
+
 def _hf_tokenizers():
     try:
         import tokenizers
@@ -288,6 +323,7 @@ class TokenizerSpec:
 TOKENIZERS: dict[str, TokenizerSpec] = {
     "char": TokenizerSpec(lambda texts, _: CharTokenizer.train(texts), CharTokenizer.load),
     "byte": TokenizerSpec(lambda texts, _: ByteTokenizer(), ByteTokenizer.load),
+    "ids": TokenizerSpec(lambda texts, size: IdTokenizer(size), IdTokenizer.load),
     "gpt2": TokenizerSpec(lambda texts, _: gpt2_tokenizer(), SubwordTokenizer.load),
     **{
         algorithm: TokenizerSpec(

@@ -7,7 +7,7 @@ from .axial import AxialPositionalEmbedding
 from .block import BlockCache, TransformerBlock
 from .chunked import ChunkedFeedForward, TokenLoss, chunked_cross_entropy
 from .layers import FeedForward, RMSNorm, make_norm
-from .lsh import LSHSelfAttention
+from .lsh import LSHSelfAttention, lsh_settings
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 from .reversible import ReversibleSequence
 
@@ -19,6 +19,7 @@ __all__ = [
     "FeedForward",
     "KVCache",
     "LSHSelfAttention",
+    "lsh_settings",
     "LayerNorm",
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",

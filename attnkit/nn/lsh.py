@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -104,3 +107,23 @@ class LSHSelfAttention(nn.Module):
             f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, n_hashes={self.n_hashes}, "
             f"bucket_size={self.bucket_size}, causal={self.causal}"
         )
+
+
+@contextlib.contextmanager
+def lsh_settings(model: nn.Module, *, n_hashes: int | None = None, bucket_size: int | None = None,
+                 n_buckets: int | None = None) -> Iterator[int]:
+    """Within the block, every :class:`LSHSelfAttention` of ``model`` hashes with these settings instead
+    of its own (None keeps a layer's own): evaluate a model with other numbers of hashes, a single chunk
+    (``bucket_size`` >= the length: full shared-QK attention) or a single bucket (``n_buckets=1``: local
+    attention over the chunk and the one before), without retraining. Yields the number of layers."""
+    layers = [m for m in model.modules() if isinstance(m, LSHSelfAttention)]
+    saved = [(m.n_hashes, m.bucket_size, m.n_buckets) for m in layers]
+    try:
+        for m in layers:
+            m.n_hashes = m.n_hashes if n_hashes is None else n_hashes
+            m.bucket_size = m.bucket_size if bucket_size is None else bucket_size
+            m.n_buckets = m.n_buckets if n_buckets is None else n_buckets
+        yield len(layers)
+    finally:
+        for m, (h, b, n) in zip(layers, saved):
+            m.n_hashes, m.bucket_size, m.n_buckets = h, b, n

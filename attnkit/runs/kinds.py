@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data import PAIR_CORPORA, TEXT_CORPORA, pair_splits, text_splits
+from ..data import PAIR_CORPORA, SYNTHETIC_CORPORA, TEXT_CORPORA, pair_splits, text_splits
 from ..errors import UsageError
 
 
@@ -79,6 +79,8 @@ class _TextKind(TaskKind):
     data_fields = {"vocab_size": "the tokenizer's vocabulary"}
 
     def check_data(self, model_type, data):
+        if data.corpus in SYNTHETIC_CORPORA and self.name != "lm":
+            raise UsageError(f"{model_type}: data.corpus = {data.corpus!r} is a language-modelling task")
         if data.corpus in PAIR_CORPORA:
             raise UsageError(f"{model_type} trains on a text stream: data.corpus = {data.corpus!r} is a parallel "
                              f"corpus; use one of {', '.join(TEXT_CORPORA)} or a text file")
@@ -98,28 +100,76 @@ class _TextKind(TaskKind):
 
 
 class LanguageModelKind(_TextKind):
+    """Next-token prediction on a text corpus, or on a synthetic task (``data.corpus = "duplication"``:
+    scored by the accuracy on the second copy)."""
+
     name, noun, command = "lm", "language model", "generate"
 
     def describe(self, data):
+        if data.corpus in SYNTHETIC_CORPORA:
+            return f"a language model of the {data.corpus} task"
         return f"a {_unit(data)}-level language model" if data.tokenizer in ("char", "byte") else "a language model"
+
+    def check_data(self, model_type, data):
+        super().check_data(model_type, data)
+        if data.corpus in SYNTHETIC_CORPORA and data.tokenizer != "ids":
+            raise UsageError(f"data.corpus = {data.corpus!r} is a synthetic task of token ids: set data.tokenizer "
+                             f"= \"ids\" (with data.vocab_size symbols), got {data.tokenizer!r}")
+
+    def tokenizer_texts(self, data):
+        return [] if data.corpus in SYNTHETIC_CORPORA else super().tokenizer_texts(data)
 
     def resolve(self, config_cls, values, data, tokenizer):
         return {"max_len": data.context, **values, "vocab_size": tokenizer.vocab_size}
 
     def build_task(self, data, tokenizer):
-        from ..train import LanguageModelingTask
+        from ..train import DuplicationTask, LanguageModelingTask
 
+        if data.corpus in SYNTHETIC_CORPORA:
+            return DuplicationTask(length=data.context, vocab_size=data.vocab_size, batch_size=data.batch_size,
+                                   seed=data.seed, eval_batches=data.eval_batches)
         train, valid = _text(data.corpus)
         return LanguageModelingTask(self._ids(train, tokenizer), self._ids(valid, tokenizer), **self._stream_args(data))
 
-    def evaluate(self, model, tokenizer, data, *, max_tokens: int | None = None, **_) -> Evaluation:
+    def evaluate(self, model, tokenizer, data, *, max_tokens: int | None = None, n_hashes: int | None = None,
+                 bucket_size: int | None = None, n_buckets: int | None = None, **_) -> Evaluation:
+        """Bits per token on the held-out text (or, for a synthetic task, accuracy on its held-out
+        sequences). ``n_hashes``, ``bucket_size``, ``n_buckets``: evaluate LSH layers with these."""
         from ..evaluation import bits_per_token
+        from ..nn import lsh_settings
 
-        ids = self._held_out(data, tokenizer, max_tokens)
-        bpt = bits_per_token(model, ids, min(data.context, model.config.max_len))
+        lsh = dict(n_hashes=n_hashes, bucket_size=bucket_size, n_buckets=n_buckets)
+        with lsh_settings(model, **lsh) as n_layers:
+            if any(v is not None for v in lsh.values()) and n_layers == 0:
+                raise UsageError("--n-hashes, --bucket-size and --n-buckets apply to LSH layers; this model has none")
+            if data.corpus in SYNTHETIC_CORPORA:
+                return self._accuracy(model, data, lsh)
+            ids = self._held_out(data, tokenizer, max_tokens)
+            bpt = bits_per_token(model, ids, min(data.context, model.config.max_len))
         unit = _unit(data)
         return Evaluation({"bits_per_token": bpt, "tokens": ids.numel() - 1},
                           [f"held-out {unit}s: {ids.numel() - 1:,}; bits per {unit}: {bpt:.3f}"])
+
+    @torch.no_grad()
+    def _accuracy(self, model, data, lsh: dict) -> Evaluation:
+        from ..train import IGNORE
+
+        model.eval()
+        task = self.build_task(data, None)
+        loss, correct, count = 0.0, 0, 0
+        for x, y in task.eval_batches():
+            logits = model(x)
+            scored = y != IGNORE
+            loss += float(F.cross_entropy(logits[scored].float(), y[scored], reduction="sum"))
+            correct += int((logits[scored].argmax(-1) == y[scored]).sum())
+            count += int(scored.sum())
+        acc = correct / max(count, 1)
+        setting = ", ".join(f"{k} {v}" for k, v in lsh.items() if v is not None) or "as trained"
+        return Evaluation(
+            {"accuracy": acc, "loss": loss / max(count, 1), "tokens": count},
+            [f"held-out {data.corpus} sequences: {count:,} scored tokens; accuracy {100 * acc:.2f}%; "
+             f"loss {loss / max(count, 1):.4f} nats (attention: {setting})"],
+        )
 
 
 class MaskedLMKind(_TextKind):

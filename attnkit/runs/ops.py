@@ -279,7 +279,10 @@ def sample(model, tokenizer, prompt: str, *, max_new_tokens: int = 200, temperat
     is generated (not with beam search, which decides at the end)."""
     if not prompt:
         raise UsageError("the prompt is empty: give the text to continue")
-    ids = tokenizer.encode(prompt)
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as e:  # text the tokenizer cannot read (token ids expected, ...)
+        raise UsageError(f"the prompt: {e}") from None
     unk = getattr(tokenizer, "unk_id", None)
     if unk is not None and unk in ids:
         bad = sorted({c for c, i in zip(prompt, ids) if i == unk})

@@ -10,11 +10,22 @@ from .checkpoint import (
 )
 from .runfolder import RunFolder
 from .schedules import lr_at
-from .tasks import IGNORE, LanguageModelingTask, MaskedLMTask, Seq2SeqTask, Task, derive_seed, mask_tokens, token_loss
+from .tasks import (
+    IGNORE,
+    DuplicationTask,
+    LanguageModelingTask,
+    MaskedLMTask,
+    Seq2SeqTask,
+    Task,
+    derive_seed,
+    mask_tokens,
+    token_loss,
+)
 from .trainer import TrainConfig, Trainer
 
 __all__ = [
     "CheckpointError",
+    "DuplicationTask",
     "IGNORE",
     "LanguageModelingTask",
     "MaskedLMTask",

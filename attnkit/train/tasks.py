@@ -89,10 +89,44 @@ class LanguageModelingTask:
             yield window[:, :-1], window[:, 1:]
 
     def loss(self, model, batch, *, label_smoothing: float = 0.0) -> TokenLoss:
-        x, y = batch
-        if owns_loss(model):
-            return model(x, targets=y, label_smoothing=label_smoothing)
-        return token_loss(model(x), y, label_smoothing)
+        return next_token_loss(model, *batch, label_smoothing=label_smoothing)
+
+
+def next_token_loss(model, x: Tensor, y: Tensor, *, label_smoothing: float = 0.0) -> TokenLoss:
+    """A language model's loss on inputs x and targets y (B, T), through its own loss if it has one."""
+    if owns_loss(model):
+        return model(x, targets=y, label_smoothing=label_smoothing)
+    return token_loss(model(x), y, label_smoothing)
+
+
+class DuplicationTask:
+    """The Reformer paper's duplication task as language modelling: sequences ``0 w 0 w`` of ``length``
+    tokens (see :mod:`attnkit.data.synthetic`), scored on the second copy of ``w`` only. Training
+    batches are drawn from (seed, index), held-out ones from a separate stream."""
+
+    def __init__(self, *, length: int, vocab_size: int, batch_size: int, seed: int = 0, eval_batches: int = 4):
+        from ..data.synthetic import duplication_sequences
+
+        duplication_sequences(1, length, vocab_size)  # checks the arguments
+        self.length, self.vocab_size, self.batch_size = length, vocab_size, batch_size
+        self.seed, self.n_eval = seed, eval_batches
+
+    def _batch(self, *parts) -> tuple[Tensor, Tensor]:
+        from ..data.synthetic import duplication_sequences, second_copy_targets
+
+        seqs = duplication_sequences(self.batch_size, self.length, self.vocab_size, _generator(self.seed, *parts))
+        return second_copy_targets(seqs, IGNORE)
+
+    def batch(self, index: int) -> tuple[Tensor, Tensor]:
+        """-> inputs (B, length - 1), targets (B, length - 1) with IGNORE outside the second copy."""
+        return self._batch("duplication", index)
+
+    def eval_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(self.n_eval):
+            yield self._batch("duplication-held-out", i)
+
+    def loss(self, model, batch, *, label_smoothing: float = 0.0) -> TokenLoss:
+        return next_token_loss(model, *batch, label_smoothing=label_smoothing)
 
 
 class Seq2SeqTask:

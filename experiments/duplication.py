@@ -1,0 +1,113 @@
+"""The Reformer paper's duplication table (section 5, Table 2), reproduced with attnkit's presets.
+
+    python experiments/duplication.py                    # 5 models x 8 minutes on this CPU, then the grid
+    python experiments/duplication.py --minutes 2 --length 256 --out runs/dup-small
+
+Trains one-layer ReformerLMs on ``0 w 0 w`` (|w| = 511, 127 symbols) with full shared-QK attention,
+LSH-1, LSH-2, LSH-4 and local attention (the same chunk width, one bucket), each for the same wall-clock
+budget, then evaluates every model with every attention setting on held-out sequences (accuracy on the
+second copy). Writes experiments/results/duplication.{json,md} with the command, commit, versions, load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from attnkit.runs import RunConfig, evaluate_run, load_run, train_run
+
+PAPER = {  # Table 2 of the paper: trained with (rows) x evaluated with (columns), accuracy in %
+    "full": {"full": 100, "lsh-8": 94.8, "lsh-4": 92.5, "lsh-2": 76.9, "lsh-1": 52.5},
+    "lsh-4": {"full": 0.8, "lsh-8": 100, "lsh-4": 99.9, "lsh-2": 99.4, "lsh-1": 91.9},
+    "lsh-2": {"full": 0.8, "lsh-8": 100, "lsh-4": 99.9, "lsh-2": 98.1, "lsh-1": 86.8},
+    "lsh-1": {"full": 0.8, "lsh-8": 99.9, "lsh-4": 99.6, "lsh-2": 94.8, "lsh-1": 77.9},
+}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=8.0, help="training budget per model")
+    p.add_argument("--length", type=int, default=1024, help="sequence length (|w| = length / 2 - 1)")
+    p.add_argument("--chunk", type=int, default=64, help="LSH chunk width (bucket_size)")
+    p.add_argument("--rows", nargs="+", default=["full", "lsh-1", "lsh-2", "lsh-4", "local"])
+    p.add_argument("--out", default="runs/duplication")
+    p.add_argument("--results", default=str(Path(__file__).with_name("results") / "duplication"))
+    args = p.parse_args(argv)
+
+    whole = args.length  # a chunk as long as the sequence: one chunk, full shared-QK attention
+    train_sets = {"full": [f"model.bucket_size={whole}", "model.n_hashes=1"], "local": ["model.n_buckets=1"],
+                  **{f"lsh-{k}": [f"model.n_hashes={k}"] for k in (1, 2, 4)}}
+    eval_sets = {"full": dict(bucket_size=whole, n_hashes=1),
+                 **{f"lsh-{k}": dict(bucket_size=args.chunk, n_hashes=k) for k in (8, 4, 2, 1)},
+                 "local": dict(bucket_size=args.chunk, n_buckets=1, n_hashes=1)}
+    base = [f"data.context={args.length}", f"model.bucket_size={args.chunk}", f"train.minutes={args.minutes}",
+            "train.progress=false", "train.checkpoint_every=100000"]
+    started = time.time()
+    trained, grid = {}, {}
+    for row in args.rows:
+        config = RunConfig.load("duplication_lsh", base + train_sets[row])
+        result = train_run(config, Path(args.out) / row, overwrite=True, log=lambda s: print(s, flush=True))
+        records = result.folder.read_metrics()
+        trained[row] = {"steps": result.summary["step"], "minutes": result.summary["elapsed_s"] / 60,
+                        "curve": [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]}
+        run = load_run(result.folder.path)
+        grid[row] = {}
+        for col, settings in eval_sets.items():
+            if row == "local" and col.startswith("lsh"):
+                continue  # its layers keep one bucket: evaluate it with local and full attention only
+            grid[row][col] = 100 * evaluate_run(run, **settings).metrics["accuracy"]
+        print(f"{row}: {trained[row]['steps']} steps; " + ", ".join(f"{c} {a:.1f}%" for c, a in grid[row].items()),
+              flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    meta = {
+        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+        "commit": commit,
+        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+        "length": args.length, "chunk": args.chunk, "minutes_per_model": args.minutes,
+        "wall_minutes": (time.time() - started) / 60,
+    }
+    results = {"meta": meta, "trained": trained, "accuracy": grid, "paper": PAPER}
+    out = Path(args.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    meta, grid, trained = results["meta"], results["accuracy"], results["trained"]
+    cols = ["full", "lsh-8", "lsh-4", "lsh-2", "lsh-1", "local"]
+    lines = [
+        "# Duplication task (Reformer paper, Table 2)", "",
+        f"`{meta['command']}` at commit {meta['commit']}; torch {meta['torch']}, {meta['cpus']} CPUs "
+        f"({meta['threads']} threads), load average {', '.join(f'{x:.1f}' for x in meta['load_average'])} at the end.",
+        f"Length {meta['length']} (|w| = {meta['length'] // 2 - 1}), chunk {meta['chunk']}, one layer, d_model = d_ff "
+        f"= 256, 4 heads, learned positions, batch 16, Adam 1e-3; {meta['minutes_per_model']:g} minutes of training "
+        "per model. Accuracy (%) on the second copy of 64 held-out sequences; attnkit (paper in brackets).", "",
+        "| trained \\ evaluated | steps | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for row, accs in grid.items():
+        cells = []
+        for c in cols:
+            ours = f"{accs[c]:.1f}" if c in accs else "-"
+            paper = results["paper"].get(row, {}).get(c)
+            cells.append(ours + (f" ({paper})" if paper is not None else ""))
+        lines.append(f"| {row} | {trained[row]['steps']} | " + " | ".join(cells) + " |")
+    lines += ["", "Full = one chunk spanning the sequence (exact shared-QK attention); local = one bucket, so each "
+              "chunk attends to itself and the chunk before (a window of two chunks)."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
