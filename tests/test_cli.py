@@ -93,7 +93,18 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
     # ... and so does info on the config with the same overrides
     code, info_cfg, _ = run_cli("info", "--config", name, *tiny_overrides(name))
     assert code == 0 and number_after(f"{model_type} with", info_cfg) == n_trained
-    if kind == "lm":
+    if resolved["data"]["corpus"] == "duplication":
+        code, ev, _ = run_cli("eval", str(run), "--n-hashes", "1")
+        assert code == 0 and 0 <= number_after("accuracy", ev) <= 100 and "(attention: n_hashes 1)" in ev
+        code, gen, _ = run_cli("generate", str(run), "--prompt", "0 5 9 0", "--max-new-tokens", "3",
+                               "--temperature", "0")
+        assert code == 0 and re.fullmatch(r"0 5 9 0( \d+){3}\n", gen), gen
+        code, _, err = run_cli("generate", str(run), "--prompt", "And God")
+        assert code == 2 and "the prompt: expected whitespace-separated token ids" in err
+        picture = run / "buckets.html"
+        code, out, err = run_cli("attention", str(run), "--text", "0 5 9 7 0 5 9 7", "--out", str(picture))
+        assert code == 0 and "(attention layers: 1; heads: 2; tokens: 8)" in out, err
+    elif kind == "lm":
         vocab = resolved["model"]["vocab_size"]
         code, ev, _ = run_cli("eval", str(run), "--max-tokens", "1000")
         bits = float(re.search(r"bits per (?:character|byte|token): ([0-9.]+)", ev).group(1))

@@ -376,3 +376,26 @@ def test_gpu_hashing_layout_gives_the_same_buckets(monkeypatch):
     monkeypatch.setattr(lsh, "_HASH_ELEMENTS_GPU", 2 * 3 * 2 * 6 * 7)  # 7 tokens per block: a ragged end
     lsh._hash_all_heads(x, got, factors, lsh.random_rotations(8, 2, factors, 4))
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("causal,dedup,masked", [(True, False, False), (False, True, True), (True, True, True)])
+def test_auto_takes_dense_shared_qk_attention_for_one_chunk_with_the_same_result(causal, dedup, masked, monkeypatch):
+    """A sequence no longer than bucket_size is one chunk and one bucket: every pair meets in every round,
+    so "auto" computes it as dense shared-QK attention; values and gradients equal the chunked path."""
+    g = torch.Generator().manual_seed(0)
+    qk = torch.randn(2, 3, 40, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 3, 40, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    key_mask = torch.ones(2, 40, dtype=torch.bool)
+    key_mask[1, 30:] = False
+    kw = dict(n_hashes=3, bucket_size=64, causal=causal, dedup=dedup, seed=1, key_mask=key_mask if masked else None)
+    import attnkit.functional.lsh as lsh_module
+
+    calls = []
+    dense = lsh_module.shared_qk_attention
+    monkeypatch.setattr(lsh_module, "shared_qk_attention", lambda *a, **k: calls.append(1) or dense(*a, **k))
+    auto = lsh_attention(qk, v, impl="auto", **kw)
+    assert calls  # the dense path was taken
+    (ga,) = torch.autograd.grad(auto.square().sum(), qk)
+    chunked = lsh_attention(qk, v, impl="chunked", **kw)
+    (gc,) = torch.autograd.grad(chunked.square().sum(), qk)
+    assert torch.allclose(auto, chunked, atol=1e-10) and torch.allclose(ga, gc, atol=1e-10)

@@ -261,3 +261,21 @@ def test_chunking_changes_memory_not_results(reversible):
     torch.testing.assert_close(loss4, loss1, rtol=1e-10, atol=1e-12)
     for a, b in zip(grads4, grads1):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_lsh_settings_change_evaluation_without_retraining_and_are_restored():
+    """One chunk as long as the sequence is exact shared-QK attention; the layer's own settings come back."""
+    from attnkit.functional import shared_qk_attention
+    from attnkit.nn import LSHSelfAttention, lsh_settings
+
+    torch.manual_seed(0)
+    layer = LSHSelfAttention(32, 2, n_hashes=2, bucket_size=8, causal=True).eval()
+    x = torch.randn(1, 40, 32)
+    qk = layer.qk_proj(x).view(1, 40, 2, 16).transpose(1, 2)
+    v = layer.v_proj(x).view(1, 40, 2, 16).transpose(1, 2)
+    full = layer.out_proj(shared_qk_attention(qk, v, causal=True).transpose(1, 2).reshape(1, 40, 32))
+    lsh = layer(x)
+    with lsh_settings(torch.nn.Sequential(layer), bucket_size=40, n_hashes=1) as n:
+        assert n == 1 and torch.allclose(layer(x), full, atol=1e-5)
+    assert (layer.n_hashes, layer.bucket_size, layer.n_buckets) == (2, 8, None)
+    assert torch.equal(layer(x), lsh) and not torch.allclose(lsh, full, atol=1e-3)

@@ -271,6 +271,11 @@ def lsh_attention(
         seed = int(torch.randint(0, 2**62, ()).item())
     with torch.no_grad():
         buckets = lsh_buckets(qk.detach(), n_hashes, plan.factors, seed)  # (B, H, n_hashes, L)
+    one_chunk = plan.n_chunks == 1 and (plan.n_buckets == 1 or attend_across_buckets)
+    if impl == "auto" and one_chunk and dropout_p == 0.0:
+        # Every token meets every other in every round with the same score: exactly shared-QK attention
+        # (with or without dedup), which dense matrix products compute faster than the chunked path.
+        return shared_qk_attention(qk, v, causal=causal, key_mask=key_mask, scale=scale)
     if impl == "fused" or (impl == "auto" and qk.is_cuda):
         from ..kernels.lsh import fused_lsh_attention, unsupported
 

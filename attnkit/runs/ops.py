@@ -291,9 +291,9 @@ def sample(model, tokenizer, prompt: str, *, max_new_tokens: int = 200, temperat
     if len(ids) >= max_len:
         raise UsageError(f"the prompt is {len(ids)} tokens; the model's context is {max_len}: shorten it")
     n = min(max_new_tokens, max_len - len(ids))
-    streamed: list[int] = []
+    streamed: list[int] = list(ids)
 
-    def on_token(token):  # decode the whole tail each time, so multi-byte pieces join
+    def on_token(token):  # decode prompt and tail together, so pieces join (bytes, separators)
         before = tokenizer.decode(streamed)
         streamed.append(int(token[0]))
         on_text(tokenizer.decode(streamed)[len(before):])
@@ -302,7 +302,7 @@ def sample(model, tokenizer, prompt: str, *, max_new_tokens: int = 200, temperat
     out = model.generate(torch.tensor([ids]), n, temperature=temperature, top_k=top_k, top_p=top_p,
                          repetition_penalty=repetition_penalty, generator=torch.Generator().manual_seed(seed),
                          beam_size=beam_size, eos_id=getattr(tokenizer, "stop_ids", None) or None, **options)
-    return tokenizer.decode(out[0, len(ids):].tolist())
+    return tokenizer.decode(out[0].tolist())[len(tokenizer.decode(ids)):]
 
 
 def sample_run(run: Run | str | Path, prompt: str, **sampling) -> str:
@@ -373,7 +373,10 @@ def capture_text(model, tokenizer, text: str, *, kind: str, beam_size: int = 4,
 
     if not text:
         raise UsageError("--text is empty: give the text whose attention to show")
-    ids = tokenizer.encode(text)
+    try:
+        ids = tokenizer.encode(text)
+    except ValueError as e:  # text the tokenizer cannot read (token ids expected, ...)
+        raise UsageError(f"the text: {e}") from None
     unk = getattr(tokenizer, "unk_id", None)
     if unk is not None and unk in ids:
         unseen = "".join(sorted({c for c, i in zip(text, ids) if i == unk}))
