@@ -22,7 +22,7 @@ import torch
 
 from attnkit.inspect.html import explorer_data, write_html
 from attnkit.inspect.maps import AttentionMap
-from attnkit.inspect.png import block_weights, write_png
+from attnkit.inspect.png import write_png
 
 PIL = pytest.importorskip("PIL.Image", reason="the PNG checks read images back with Pillow")
 
@@ -189,13 +189,18 @@ def test_png_errors(tmp_path):
         write_html([AttentionMap("e", "self", [], [], [0], torch.zeros(1, 0, 0))], tmp_path / "x.html")
 
 
-def test_block_weights_equal_blocks():
+def test_blocks_of_dense_and_sparse_weights_agree_and_rows_sum_to_one():
+    import dataclasses
+
     m = dense_map("a", [f"t{i}" for i in range(101)], 3, key_tokens=[f"k{j}" for j in range(77)])
+    sparse = dataclasses.replace(m, weights=m.weights.to_sparse())
     for size in (7, 32, 200):
-        a, bq, bk = block_weights(m, size)
-        b, cq, ck = m.blocks(size)
-        assert (bq, bk) == (cq, ck)
+        a, bq, bk = m.blocks(size)
+        b, cq, ck = sparse.blocks(size)
+        assert (bq, bk) == (cq, ck) == (-(-101 // size), -(-77 // size))
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        # block (0, 0) by hand: the mean over its queries of their summed weight on its keys
+        torch.testing.assert_close(a[:, 0, 0], m.weights[:, :bq, :bk].sum(-1).mean(-1), atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:2]), atol=1e-5, rtol=0)
 
 
@@ -403,7 +408,7 @@ def test_html_long_input_in_chromium(browser, tmp_path):
         qa, qb, ka, kb = map(int, q.groups()[:4])
         assert qb - qa + 1 == 16 and kb - ka + 1 == 16 and 0 < qa < T
         # the readout's weight is the block's (causal: zero above the diagonal)
-        blocks, _, _ = block_weights(maps[0], 512)
+        blocks, _, _ = maps[0].blocks(512)
         assert abs(float(q.group(5)) - float(blocks[0, qa // 16, ka // 16])) <= 2 * float(blocks[0].max()) / 255 + 1e-3
         zoom = page.evaluate("attnExplorer.zoom().zoom")
         page.click("#zv-in")

@@ -7,7 +7,7 @@ it into a heatmap with zoom, pan and a hover readout) and, for LSH layers, a buc
 hash round, tokens coloured by bucket, and the keys a chosen query meets in each round).
 
 Everything is drawn on ``<canvas>``: long inputs (8,192 tokens and more) are embedded aggregated into
-blocks (:func:`~attnkit.inspect.png.block_weights`), so the page costs about the same at any length.
+blocks (:meth:`AttentionMap.blocks`), so the page costs about the same at any length.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .maps import AttentionMap
-from .png import _check, block_weights
+from .png import _check
 
 TEMPLATE = Path(__file__).with_name("explorer.html")
 FORMAT = "attnkit-explorer/1"
@@ -48,7 +48,7 @@ def _sizes(maps: list[AttentionMap], max_size: int | None) -> list[int]:
 
 
 def _layer(m: AttentionMap, max_size: int) -> dict:
-    w, bq, bk = block_weights(m, max_size)  # (H, nq, nk) float32
+    w, bq, bk = m.blocks(max_size)  # (H, nq, nk) float32
     H, nq, nk = w.shape
     top = w.flatten(1).amax(1).clamp_min(0)  # (H,)
     if not bool(torch.isfinite(top).all()):

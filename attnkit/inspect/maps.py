@@ -59,17 +59,29 @@ class AttentionMap:
 
     def blocks(self, max_size: int = 1024) -> tuple[Tensor, int, int]:
         """The weights aggregated into blocks so that neither side exceeds ``max_size``:
-        -> (heads, ceil(T / bq), ceil(S / bk)) and the block sizes (bq, bk).
+        -> (heads, ceil(T / bq), ceil(S / bk)) float32 and the block sizes (bq, bk).
 
-        Block (I, J) is the mean over the queries of I of their summed weight on the keys of J, so
-        each row of blocks still sums to one. Computed without a dense (T, S) matrix for LSH layers.
+        Block (I, J) is the mean over the queries of I of their summed weight on the keys of J, so each
+        row of blocks still sums to one. Never builds a dense (T, S) matrix from sparse (LSH) weights,
+        nor a float32 copy of dense ones: those are pooled a slab of query blocks at a time.
         """
+        if max_size < 1:
+            raise ValueError(f"max_size must be at least 1, got {max_size}")
         H, T, S = self.weights.shape
         bq, bk = -(-T // max_size), -(-S // max_size)
         nq, nk = -(-T // bq), -(-S // bk)
-        out = torch.zeros(H, nq * nk, dtype=torch.float32)
-        w = self.weights.coalesce() if self.weights.is_sparse else self.weights.to_sparse().coalesce()
-        (h, i, j), v = w.indices(), w.values().float()
-        out.index_put_((h, (i // bq) * nk + (j // bk)), v, accumulate=True)
+        w = self.weights.detach().cpu()
+        out = torch.zeros(H, nq, nk, dtype=torch.float32)
+        if w.is_sparse:
+            w = w.coalesce()
+            (h, i, j), v = w.indices(), w.values().float()
+            out.view(H, -1).index_put_((h, (i // bq) * nk + (j // bk)), v, accumulate=True)
+        else:
+            slab = max(1, (1 << 22) // max(1, bq * S))  # query blocks per step: about 4M weights at a time
+            for I0 in range(0, nq, slab):
+                I1 = min(nq, I0 + slab)
+                rows = w[:, I0 * bq : min(T, I1 * bq)].float()  # (H, rows, S)
+                rows = torch.nn.functional.pad(rows, (0, nk * bk - S, 0, (I1 - I0) * bq - rows.shape[1]))
+                out[:, I0:I1] = rows.view(H, I1 - I0, bq, nk, bk).sum(dim=(2, 4))
         counts = torch.bincount(torch.arange(T) // bq, minlength=nq).clamp_min(1).float()  # queries per block row
-        return out.view(H, nq, nk) / counts[None, :, None], bq, bk
+        return out / counts[None, :, None], bq, bk

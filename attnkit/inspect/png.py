@@ -1,58 +1,20 @@
 """Attention maps as PNG heatmaps (matplotlib, Agg): one head with its tokens on both axes, or a grid of
 layers (rows) x heads (columns).
 
-Long inputs are drawn from their weights aggregated into blocks (:func:`block_weights`), so a picture
+Long inputs are drawn from their weights aggregated into blocks (:meth:`AttentionMap.blocks`), so a picture
 of an 8,192-token input costs no more than one of ``max_size`` tokens.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from .maps import AttentionMap
 
 SUFFIXES = (".png", ".svg", ".pdf")
 LABEL_LIMIT = 60  # at most this many tokens per side get their text as tick labels
-
-
-def block_weights(m: AttentionMap, max_size: int) -> tuple[Tensor, int, int]:
-    """:meth:`AttentionMap.blocks` for any map: -> (heads, nq, nk) float32 and the block sizes (bq, bk).
-
-    Block (I, J) is the mean over the queries of block I of their summed weight on the keys of block J
-    (rows still sum to one). Dense weights are pooled in slabs of query blocks, never converted to a
-    sparse (or float32) copy of the whole (heads, T, S) tensor; sparse (LSH) weights use ``blocks``.
-    """
-    if max_size < 1:
-        raise ValueError(f"max_size must be at least 1, got {max_size}")
-    with torch.no_grad():
-        if m.weights.device.type != "cpu":
-            m = dataclasses.replace(m, weights=m.weights.cpu())
-        if m.weights.is_sparse:
-            return m.blocks(max_size)
-        return _pool(m, max_size)
-
-
-def _pool(m: AttentionMap, max_size: int) -> tuple[Tensor, int, int]:
-    H, T, S = m.weights.shape
-    bq, bk = -(-T // max_size), -(-S // max_size)
-    nq, nk = -(-T // bq), -(-S // bk)
-    out = torch.zeros(H, nq, nk, dtype=torch.float32)
-    slab = max(1, (1 << 22) // max(1, bq * S))  # query blocks per step: about 4M weights at a time
-    for h in range(H):
-        w = m.weights[h]
-        for I0 in range(0, nq, slab):
-            I1 = min(nq, I0 + slab)
-            rows = w[I0 * bq:min(T, I1 * bq)].float()
-            pad_q, pad_k = (I1 - I0) * bq - rows.shape[0], nk * bk - S
-            if pad_q or pad_k:
-                rows = torch.nn.functional.pad(rows, (0, pad_k, 0, pad_q))
-            out[h, I0:I1] = rows.view(I1 - I0, bq, nk, bk).sum(dim=(1, 3))
-    counts = torch.bincount(torch.arange(T) // bq, minlength=nq).clamp_min(1).float()
-    return out / counts[None, :, None], bq, bk
 
 
 def _top(w: Tensor, robust: bool) -> float:
@@ -94,7 +56,7 @@ def write_png(maps: list[AttentionMap], path, *, max_size: int = 256) -> Path:
     each side has at most 60 (else tick positions are token indices), a colourbar and the title
     "name, head h". Otherwise a grid, one row per map (layer) and one column per head, each small
     heatmap scaled to its own maximum. Inputs longer than ``max_size`` are aggregated into blocks
-    (:func:`block_weights`), their colour scale topped at the 99th percentile of the non-zero blocks.
+    (:meth:`AttentionMap.blocks`), their colour scale topped at the 99th percentile of the non-zero blocks.
     Returns ``path``.
     """
     path = _check(maps, path, SUFFIXES)
@@ -118,7 +80,7 @@ def write_png(maps: list[AttentionMap], path, *, max_size: int = 256) -> Path:
 
 def _single(Figure, m: AttentionMap, max_size: int):
     T, S = len(m.query_tokens), len(m.key_tokens)
-    w, bq, bk = block_weights(m, max_size)
+    w, bq, bk = m.blocks(max_size)
     labelled = T <= LABEL_LIMIT and S <= LABEL_LIMIT
     side = min(12.0, max(5.0, 0.2 * max(T, S) + 2.0)) if labelled else 8.0
     fig = Figure(figsize=(side + 1.2, side), dpi=100, layout="constrained")
@@ -148,7 +110,7 @@ def _grid(Figure, maps: list[AttentionMap], max_size: int):
                         wspace=0.06, hspace=0.06)
     axes = fig.subplots(rows, cols, squeeze=False)
     for r, m in enumerate(maps):
-        w, bq, bk = block_weights(m, max_size)
+        w, bq, bk = m.blocks(max_size)
         for c in range(cols):
             ax = axes[r][c]
             ax.set_xticks([])
@@ -166,4 +128,4 @@ def _grid(Figure, maps: list[AttentionMap], max_size: int):
     return fig
 
 
-__all__ = ["write_png", "block_weights"]
+__all__ = ["write_png"]
