@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -40,7 +41,13 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", nargs="+", default=["full", "lsh-1", "lsh-2", "lsh-4", "local"])
     p.add_argument("--out", default="runs/duplication")
     p.add_argument("--results", default=str(Path(__file__).with_name("results") / "duplication"))
+    p.add_argument("--replot", action="store_true", help="only redraw the table and plot from the results JSON")
     args = p.parse_args(argv)
+    if args.replot:
+        results = json.loads(Path(args.results).with_suffix(".json").read_text())
+        Path(args.results).with_suffix(".md").write_text(markdown(results))
+        plot(results, Path(args.results).with_suffix(".png"))
+        return results
 
     whole = args.length  # a chunk as long as the sequence: one chunk, full shared-QK attention
     train_sets = {"full": [f"model.bucket_size={whole}", "model.n_hashes=1"], "local": ["model.n_buckets=1"],
@@ -80,8 +87,30 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     out.with_suffix(".md").write_text(markdown(results))
+    plot(results, out.with_suffix(".png"))
     print(markdown(results))
     return results
+
+
+def plot(results: dict, path: Path) -> None:
+    """Held-out loss on the second copy against training steps, one curve per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row, t in results["trained"].items():
+        if t["curve"]:
+            ax.plot(*zip(*t["curve"]), marker="o", markersize=3, label=f"{row} ({t['steps']} steps)")
+    ax.axhline(math.log(127), color="grey", linestyle=":", label="uniform guess (ln 127)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out loss on the second copy (nats)")
+    ax.set_title(f"Duplication task, length {results['meta']['length']}, "
+                 f"{results['meta']['minutes_per_model']:g} minutes per model")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def markdown(results: dict) -> str:
@@ -105,7 +134,8 @@ def markdown(results: dict) -> str:
             cells.append(ours + (f" ({paper})" if paper is not None else ""))
         lines.append(f"| {row} | {trained[row]['steps']} | " + " | ".join(cells) + " |")
     lines += ["", "Full = one chunk spanning the sequence (exact shared-QK attention); local = one bucket, so each "
-              "chunk attends to itself and the chunk before (a window of two chunks)."]
+              "chunk attends to itself and the chunk before (a window of two chunks). A random guess scores "
+              "0.8% (1/127). Held-out loss against steps: `duplication.png`."]
     return "\n".join(lines) + "\n"
 
 
