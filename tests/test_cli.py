@@ -240,7 +240,7 @@ def test_train_resume_extend_generate_plot(text_config, tmp_path):
     code, _, err = run_cli("generate", str(run), "--prompt", "Zebra")
     assert code == 2 and "never saw: 'Z'" in err
     code, _, err = run_cli("generate", str(run), "--prompt", "the " * 20)
-    assert code == 2 and "context is 32" in err
+    assert code == 2 and "the prompt is 80 tokens; the model's context allows 31" in err
     pytest.importorskip("matplotlib")
     code, out, _ = run_cli("plot", str(run), "-o", str(tmp_path / "c.png"))
     assert code == 0 and (tmp_path / "c.png").stat().st_size > 1000

@@ -272,24 +272,31 @@ def evaluate_run(run: Run | str | Path, **options) -> Evaluation:
     return run.spec.kind.evaluate(run.model, run.tokenizer, run.config.data, **options)
 
 
+def encode_input(tokenizer, text: str, what: str, longest: int) -> list[int]:
+    """``text`` as token ids for a model; a user error (naming ``what``, e.g. "the prompt") when it is
+    empty, holds characters the tokenizer never saw or that it cannot read, or is over ``longest`` tokens."""
+    if not text:
+        raise UsageError(f"{what} is empty: give the text to use")
+    try:
+        ids = tokenizer.encode(text)
+    except ValueError as e:  # text the tokenizer cannot read (token ids expected, ...)
+        raise UsageError(f"{what}: {e}") from None
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is not None and unk in ids:
+        unseen = "".join(sorted({c for c, i in zip(text, ids) if i == unk}))
+        raise UsageError(f"{what} holds characters the model never saw: {unseen!r}")
+    if len(ids) > longest:
+        raise UsageError(f"{what} is {len(ids)} tokens; the model's context allows {longest}: shorten it")
+    return ids
+
+
 def sample(model, tokenizer, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
            top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
            beam_size: int = 1, seed: int = 0, on_text: Callable[[str], None] | None = None) -> str:
     """Continue ``prompt`` with a language model -> the new text. ``on_text`` receives the text as it
     is generated (not with beam search, which decides at the end)."""
-    if not prompt:
-        raise UsageError("the prompt is empty: give the text to continue")
-    try:
-        ids = tokenizer.encode(prompt)
-    except ValueError as e:  # text the tokenizer cannot read (token ids expected, ...)
-        raise UsageError(f"the prompt: {e}") from None
-    unk = getattr(tokenizer, "unk_id", None)
-    if unk is not None and unk in ids:
-        bad = sorted({c for c, i in zip(prompt, ids) if i == unk})
-        raise UsageError(f"the prompt holds characters the model never saw: {''.join(bad)!r}")
+    ids = encode_input(tokenizer, prompt, "the prompt", model.config.max_len - 1)
     max_len = model.config.max_len
-    if len(ids) >= max_len:
-        raise UsageError(f"the prompt is {len(ids)} tokens; the model's context is {max_len}: shorten it")
     n = min(max_new_tokens, max_len - len(ids))
     streamed: list[int] = list(ids)
 
@@ -371,19 +378,7 @@ def capture_text(model, tokenizer, text: str, *, kind: str, beam_size: int = 4,
     """
     from ..inspect import capture_attention, token_labels
 
-    if not text:
-        raise UsageError("--text is empty: give the text whose attention to show")
-    try:
-        ids = tokenizer.encode(text)
-    except ValueError as e:  # text the tokenizer cannot read (token ids expected, ...)
-        raise UsageError(f"the text: {e}") from None
-    unk = getattr(tokenizer, "unk_id", None)
-    if unk is not None and unk in ids:
-        unseen = "".join(sorted({c for c, i in zip(text, ids) if i == unk}))
-        raise UsageError(f"the text holds characters the model never saw: {unseen!r}")
-    max_len = model.config.max_len
-    if len(ids) > max_len:
-        raise UsageError(f"the text is {len(ids)} tokens; the model's context is {max_len}: shorten it")
+    ids = encode_input(tokenizer, text, "the text", model.config.max_len)
     options = dict(layers=layers, heads=heads)
     try:
         if kind != "seq2seq":
