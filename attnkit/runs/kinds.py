@@ -48,6 +48,23 @@ def _unit(data) -> str:
     return {"char": "character", "byte": "byte"}.get(data.tokenizer, "token")
 
 
+@torch.no_grad()
+def _scored_accuracy(model, batches) -> tuple[float, int, int]:
+    """Over (inputs, targets) batches: the summed cross-entropy, the correct argmax predictions and the
+    count of the scored targets (those not IGNORE)."""
+    from ..train import IGNORE
+
+    model.eval()
+    loss, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x)  # (B, T, vocab)
+        scored = y != IGNORE
+        loss += float(F.cross_entropy(logits[scored].float(), y[scored], reduction="sum"))
+        correct += int((logits[scored].argmax(-1) == y[scored]).sum())
+        count += int(scored.sum())
+    return loss, correct, count
+
+
 class TaskKind:
     """One kind of task; subclasses fill in the data, the task and the evaluation."""
 
@@ -150,19 +167,8 @@ class LanguageModelKind(_TextKind):
         return Evaluation({"bits_per_token": bpt, "tokens": ids.numel() - 1},
                           [f"held-out {unit}s: {ids.numel() - 1:,}; bits per {unit}: {bpt:.3f}"])
 
-    @torch.no_grad()
     def _accuracy(self, model, data, lsh: dict) -> Evaluation:
-        from ..train import IGNORE
-
-        model.eval()
-        task = self.build_task(data, None)
-        loss, correct, count = 0.0, 0, 0
-        for x, y in task.eval_batches():
-            logits = model(x)
-            scored = y != IGNORE
-            loss += float(F.cross_entropy(logits[scored].float(), y[scored], reduction="sum"))
-            correct += int((logits[scored].argmax(-1) == y[scored]).sum())
-            count += int(scored.sum())
+        loss, correct, count = _scored_accuracy(model, self.build_task(data, None).eval_batches())
         acc = correct / max(count, 1)
         setting = ", ".join(f"{k} {v}" for k, v in lsh.items() if v is not None) or "as trained"
         return Evaluation(
@@ -189,28 +195,23 @@ class MaskedLMKind(_TextKind):
         return MaskedLMTask(self._ids(train, tokenizer), self._ids(valid, tokenizer), mask_id=vocab - 1,
                             vocab_size=vocab, **self._stream_args(data))
 
-    @torch.no_grad()
     def evaluate(self, model, tokenizer, data, *, max_tokens: int | None = None, **_) -> Evaluation:
         """Masked-token accuracy and loss over consecutive windows of the held-out text, masked with
         seeds fixed by the data seed (the same positions at every evaluation)."""
-        from ..train import IGNORE, derive_seed, mask_tokens
+        from ..train import derive_seed, mask_tokens
 
-        model.eval()
         ids = self._held_out(data, tokenizer, max_tokens)
         T, B, vocab = data.context, data.batch_size, model.config.vocab_size
         n_windows = ids.numel() // T
         if n_windows == 0:
             raise UsageError(f"the held-out text has {ids.numel()} tokens, fewer than data.context = {T}")
         windows = ids[: n_windows * T].view(n_windows, T)
-        loss, correct, count = 0.0, 0, 0
-        for i in range(0, n_windows, B):
-            g = torch.Generator().manual_seed(derive_seed(data.seed, "mlm-eval", i))
-            inputs, labels = mask_tokens(windows[i : i + B], mask_id=vocab - 1, vocab_size=vocab, generator=g)
-            logits = model(inputs)  # (b, T, vocab)
-            chosen = labels != IGNORE
-            loss += float(F.cross_entropy(logits[chosen].float(), labels[chosen], reduction="sum"))
-            correct += int((logits[chosen].argmax(-1) == labels[chosen]).sum())
-            count += int(chosen.sum())
+        batches = (
+            mask_tokens(windows[i : i + B], mask_id=vocab - 1, vocab_size=vocab,
+                        generator=torch.Generator().manual_seed(derive_seed(data.seed, "mlm-eval", i)))
+            for i in range(0, n_windows, B)
+        )
+        loss, correct, count = _scored_accuracy(model, batches)
         acc, nats = correct / max(count, 1), loss / max(count, 1)
         return Evaluation(
             {"masked_accuracy": acc, "masked_loss": nats, "masked_tokens": count},

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import UsageError
 from ..train import RunFolder, TrainConfig, Trainer
-from ..train.checkpoint import load_checkpoint, read_config, verify_checkpoint
+from ..train.checkpoint import load_checkpoint, read_config, read_state
 from .config import RunConfig, _build
 from .kinds import Evaluation
 from .registry import MODELS, ModelSpec
@@ -114,6 +114,7 @@ def load_run(path: str | Path, *, log: Log = _stderr) -> Run:
     folder, checkpoint = _run_folder(path)
     config = RunConfig.from_dict(folder.read_config())
     tokenizer = load_tokenizer(folder, config)
+    verified = checkpoint is None  # the newest valid one is verified while it is looked for
     if checkpoint is None:
         checkpoint = folder.newest_checkpoint(on_skip=_skip_message(log))
         if checkpoint is None:
@@ -127,7 +128,7 @@ def load_run(path: str | Path, *, log: Log = _stderr) -> Run:
     except ValueError as e:  # written by another version of attnkit, or edited by hand
         raise UsageError(f"{checkpoint / 'config.json'} does not describe a {config.model_type}: {e}") from None
     model = spec.model(model_config)
-    load_checkpoint(checkpoint, model)
+    load_checkpoint(checkpoint, model, verify=not verified)
     return Run(folder, config, tokenizer, model.eval(), checkpoint)
 
 
@@ -202,7 +203,7 @@ def resume_run(run_dir: str | Path, *, minutes: float | None = None, max_steps: 
     checkpoint = folder.newest_checkpoint(on_skip=_skip_message(log) if rank == 0 else None)
     if checkpoint is None:
         raise UsageError(f"{folder.path} holds no checkpoint yet: start it again with `attnkit train --overwrite`")
-    state = verify_checkpoint(checkpoint)
+    state = read_state(checkpoint)  # verified just above
     trainer_state = state.get("trainer", {})
     elapsed_min = trainer_state.get("elapsed_s", 0.0) / 60
     train = config.train.to_dict()

@@ -224,13 +224,16 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     return json.loads((path / "state.json").read_text())
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
+def read_checkpoint(
+    path: str | Path, *, verify: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any]]:
     """Verify and read a checkpoint folder -> (model state, optimizer state or None, state.json).
 
-    Only safetensors and JSON are read: nothing in a checkpoint can execute code.
+    ``verify=False`` skips hashing the files again, for a path :func:`newest_valid_checkpoint` has just
+    verified. Only safetensors and JSON are read: nothing in a checkpoint can execute code.
     """
     path = Path(path)
-    state = verify_checkpoint(path)
+    state = verify_checkpoint(path) if verify else read_state(path)
     try:
         with safe_open(str(path / "model.safetensors"), framework="pt") as f:
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
@@ -245,9 +248,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return weights, optimizer, state
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, model: torch.nn.Module, *, verify: bool = True) -> dict[str, Any]:
     """Load the weights of a checkpoint folder into ``model`` (strictly); returns its state.json."""
-    weights, _, state = read_checkpoint(path)
+    weights, _, state = read_checkpoint(path, verify=verify)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -255,6 +258,14 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
             f"unexpected {sorted(unexpected)[:5]}"
         )
     return state
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's state.json (step, trainer state), read without verifying the other files."""
+    try:
+        return json.loads((Path(path) / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{Path(path) / 'state.json'} cannot be read: {e}") from None
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

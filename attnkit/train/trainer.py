@@ -197,7 +197,7 @@ class Trainer:
         path = self.folder.newest_checkpoint(on_skip=skipped)
         if path is None:
             return False
-        model_state, optimizer_state, state = read_checkpoint(path)
+        model_state, optimizer_state, state = read_checkpoint(path, verify=False)  # verified when found
         set_state_dict(_unwrap(self.model), self.optimizer, model_state_dict=model_state,
                        optim_state_dict=optimizer_state, options=StateDictOptions(full_state_dict=True, strict=True))
         set_rng_state(state["_rng_tensors"], state["rng"])
@@ -288,13 +288,12 @@ class Trainer:
         budget_s = 60 * c.minutes
         bar = _progress_bar(c, self.step, elapsed_before) if c.progress and self.rank == 0 else None
         loss_value, stop_reason, start = float("nan"), "max_steps", time.time()
-        tokens_seen, last_log = 0, start
+        tokens_seen, last_log, elapsed = 0, start, elapsed_before
         while self.step < c.max_steps:
-            if budget_s and elapsed_before >= budget_s:
+            if budget_s and elapsed >= budget_s:  # a resumed run whose budget was already spent
                 stop_reason = "time_budget"
                 break
-            (elapsed,) = self._from_rank0(elapsed_before + time.time() - start)
-            lr = self._lr(elapsed)
+            lr = self._lr(elapsed)  # the clock read (by rank 0) at the end of the previous step
             loss_value, tokens = self._train_step(model, lr)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
