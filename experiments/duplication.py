@@ -57,13 +57,22 @@ def main(argv=None) -> dict:
                  "local": dict(bucket_size=args.chunk, n_buckets=1, n_hashes=1)}
     base = [f"data.context={args.length}", f"model.bucket_size={args.chunk}", f"train.minutes={args.minutes}",
             "train.progress=false", "train.checkpoint_every=100000"]
-    started = time.time()
-    trained, grid = {}, {}
+    out = Path(args.results)
+    # Rows already measured (possibly by other commands, at other budgets) stay; the rows run now replace theirs.
+    results = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    if results.get("meta", {}).get("length", args.length) != args.length:
+        raise SystemExit(f"{out.with_suffix('.json')} holds length {results['meta']['length']}: pass another --results")
+    trained, grid = results.get("trained", {}), results.get("accuracy", {})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     for row in args.rows:
+        started = time.time()
         config = RunConfig.load("duplication_lsh", base + train_sets[row])
         result = train_run(config, Path(args.out) / row, overwrite=True, log=lambda s: print(s, flush=True))
         records = result.folder.read_metrics()
         trained[row] = {"steps": result.summary["step"], "minutes": result.summary["elapsed_s"] / 60,
+                        "budget_minutes": args.minutes, "commit": commit,
+                        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                        "load_average": os.getloadavg(),  # at the end of its training
                         "curve": [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]}
         run = load_run(result.folder.path)
         grid[row] = {}
@@ -73,17 +82,17 @@ def main(argv=None) -> dict:
             grid[row][col] = 100 * evaluate_run(run, **settings).metrics["accuracy"]
         print(f"{row}: {trained[row]['steps']} steps; " + ", ".join(f"{c} {a:.1f}%" for c, a in grid[row].items()),
               flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        trained[row]["wall_minutes"] = (time.time() - started) / 60  # training and the evaluations
     meta = {
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
         "commit": commit,
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-        "length": args.length, "chunk": args.chunk, "minutes_per_model": args.minutes,
-        "wall_minutes": (time.time() - started) / 60,
+        "length": args.length, "chunk": args.chunk,
     }
-    results = {"meta": meta, "trained": trained, "accuracy": grid, "paper": PAPER}
-    out = Path(args.results)
+    order = [r for r in ("full", "lsh-1", "lsh-2", "lsh-4", "local") if r in grid]
+    results = {"meta": meta, "trained": {r: trained[r] for r in order}, "accuracy": {r: grid[r] for r in order},
+               "paper": PAPER}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     out.with_suffix(".md").write_text(markdown(results))
@@ -102,12 +111,11 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row, t in results["trained"].items():
         if t["curve"]:
-            ax.plot(*zip(*t["curve"]), marker="o", markersize=3, label=f"{row} ({t['steps']} steps)")
+            ax.plot(*zip(*t["curve"]), marker="o", markersize=3, label=f"{row} ({t['steps']} steps, {t.get('budget_minutes', t['minutes']):g} min)")
     ax.axhline(math.log(127), color="grey", linestyle=":", label="uniform guess (ln 127)")
     ax.set_xlabel("training step")
     ax.set_ylabel("held-out loss on the second copy (nats)")
-    ax.set_title(f"Duplication task, length {results['meta']['length']}, "
-                 f"{results['meta']['minutes_per_model']:g} minutes per model")
+    ax.set_title(f"Duplication task, length {results['meta']['length']}")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -118,13 +126,12 @@ def markdown(results: dict) -> str:
     cols = ["full", "lsh-8", "lsh-4", "lsh-2", "lsh-1", "local"]
     lines = [
         "# Duplication task (Reformer paper, Table 2)", "",
-        f"`{meta['command']}` at commit {meta['commit']}; torch {meta['torch']}, {meta['cpus']} CPUs "
-        f"({meta['threads']} threads), load average {', '.join(f'{x:.1f}' for x in meta['load_average'])} at the end.",
-        f"Length {meta['length']} (|w| = {meta['length'] // 2 - 1}), chunk {meta['chunk']}, one layer, d_model = d_ff "
-        f"= 256, 4 heads, learned positions, batch 16, Adam 1e-3; {meta['minutes_per_model']:g} minutes of training "
-        "per model. Accuracy (%) on the second copy of 64 held-out sequences; attnkit (paper in brackets).", "",
-        "| trained \\ evaluated | steps | " + " | ".join(cols) + " |",
-        "|---|---|" + "---|" * len(cols),
+        f"torch {meta['torch']}, {meta['cpus']} CPUs ({meta['threads']} threads). Length {meta['length']} "
+        f"(|w| = {meta['length'] // 2 - 1}), chunk {meta['chunk']}, one layer, d_model = d_ff = 256, 4 heads, learned "
+        "positions, batch 16, Adam 1e-3, each model trained for a wall-clock budget on this CPU. Accuracy (%) on the "
+        "second copy of 64 held-out sequences; attnkit (paper in brackets).", "",
+        "| trained \\ evaluated | budget (min) | steps | " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
     ]
     for row, accs in grid.items():
         cells = []
@@ -132,10 +139,16 @@ def markdown(results: dict) -> str:
             ours = f"{accs[c]:.1f}" if c in accs else "-"
             paper = results["paper"].get(row, {}).get(c)
             cells.append(ours + (f" ({paper})" if paper is not None else ""))
-        lines.append(f"| {row} | {trained[row]['steps']} | " + " | ".join(cells) + " |")
+        t = trained[row]
+        lines.append(f"| {row} | {t.get('budget_minutes', meta.get('minutes_per_model', 0)):g} | {t['steps']} | "
+                     + " | ".join(cells) + " |")
     lines += ["", "Full = one chunk spanning the sequence (exact shared-QK attention); local = one bucket, so each "
               "chunk attends to itself and the chunk before (a window of two chunks). A random guess scores "
-              "0.8% (1/127). Held-out loss against steps: `duplication.png`."]
+              "0.8% (1/127). Held-out loss against steps: `duplication.png`.", "", "How each row was made:", ""]
+    for row, t in trained.items():
+        load = t.get("load_average", meta.get("load_average"))
+        lines.append(f"- {row}: `{t.get('command', meta.get('command'))}` at commit {t.get('commit', meta.get('commit'))}, "
+                     f"{t['minutes']:.1f} min of training, load average {', '.join(f'{x:.1f}' for x in load)} at its end")
     return "\n".join(lines) + "\n"
 
 
