@@ -391,8 +391,8 @@ def test_auto_takes_dense_shared_qk_attention_for_one_chunk_with_the_same_result
     import attnkit.functional.lsh as lsh_module
 
     calls = []
-    dense = lsh_module.shared_qk_attention
-    monkeypatch.setattr(lsh_module, "shared_qk_attention", lambda *a, **k: calls.append(1) or dense(*a, **k))
+    dense = lsh_module._dense_shared_qk
+    monkeypatch.setattr(lsh_module, "_dense_shared_qk", lambda *a, **k: calls.append(1) or dense(*a, **k))
     auto = lsh_attention(qk, v, impl="auto", **kw)
     assert calls  # the dense path was taken
     (ga,) = torch.autograd.grad(auto.square().sum(), qk)

@@ -207,6 +207,27 @@ def shared_qk_attention(
     return _self_fallback(out, v, allowed.any(-1), valid)  # ... unless it has no other target
 
 
+def _dense_shared_qk(qk: Tensor, v: Tensor, causal: bool, valid: Tensor | None, scale: float) -> Tensor:
+    """:func:`shared_qk_attention` through ``scaled_dot_product_attention`` (fused kernels, no (L, L) scores
+    kept for backward). A token with no other target is allowed itself, which gives its own value exactly as
+    the fallback does; padding rows (allowed only themselves) are zeroed.
+
+    Shape: qk (B, H, L, D), v (B, H, L, D_v), valid (B, H, L) or None -> (B, H, L, D_v).
+    """
+    L = qk.shape[2]
+    k = torch.nn.functional.normalize(qk, dim=-1)
+    eye = torch.eye(L, dtype=torch.bool, device=qk.device)
+    allowed = ~eye  # (L, L)
+    if causal:
+        allowed = allowed.tril()
+    if valid is not None:
+        valid = valid[:, :1]  # (B, 1, L): the same mask for every head
+        allowed = allowed & valid[..., None, :] & valid[..., :, None]  # (B, 1, L, L)
+    allowed = allowed | (eye & ~allowed.any(-1, keepdim=True))  # itself, where nothing else
+    out = torch.nn.functional.scaled_dot_product_attention(qk, k, v, attn_mask=allowed, scale=scale)
+    return out if valid is None else out * valid[..., None]
+
+
 def _self_fallback(out: Tensor, v: Tensor, has_target: Tensor, valid: Tensor | None) -> Tensor:
     # A real token with no other target attends to itself: its output is its own value.
     lonely = ~has_target if valid is None else valid & ~has_target  # (B, H, L)
@@ -275,7 +296,7 @@ def lsh_attention(
     if impl == "auto" and one_chunk and dropout_p == 0.0:
         # Every token meets every other in every round with the same score: exactly shared-QK attention
         # (with or without dedup), which dense matrix products compute faster than the chunked path.
-        return shared_qk_attention(qk, v, causal=causal, key_mask=key_mask, scale=scale)
+        return _dense_shared_qk(qk, v, causal, valid, scale)
     if impl == "fused" or (impl == "auto" and qk.is_cuda):
         from ..kernels.lsh import fused_lsh_attention, unsupported
 
