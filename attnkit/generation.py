@@ -163,6 +163,8 @@ def reorder_cache(cache: Any, index: Tensor) -> Any:
         return None
     if isinstance(cache, Tensor):
         return cache.index_select(0, index)
+    if isinstance(cache, (int, float, str)):  # a setting stored beside the tensors (e.g. a bucket count)
+        return cache
     if is_dataclass(cache):
         return replace(cache, **{f.name: reorder_cache(getattr(cache, f.name), index) for f in fields(cache)})
     if isinstance(cache, (list, tuple)):

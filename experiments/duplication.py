@@ -111,7 +111,8 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row, t in results["trained"].items():
         if t["curve"]:
-            ax.plot(*zip(*t["curve"]), marker="o", markersize=3, label=f"{row} ({t['steps']} steps, {t.get('budget_minutes', t['minutes']):g} min)")
+            budget = t.get("budget_minutes", t["minutes"])
+            ax.plot(*zip(*t["curve"]), marker="o", markersize=3, label=f"{row} ({t['steps']} steps, {budget:g} min)")
     ax.axhline(math.log(127), color="grey", linestyle=":", label="uniform guess (ln 127)")
     ax.set_xlabel("training step")
     ax.set_ylabel("held-out loss on the second copy (nats)")
@@ -146,9 +147,10 @@ def markdown(results: dict) -> str:
               "chunk attends to itself and the chunk before (a window of two chunks). A random guess scores "
               "0.8% (1/127). Held-out loss against steps: `duplication.png`.", "", "How each row was made:", ""]
     for row, t in trained.items():
-        load = t.get("load_average", meta.get("load_average"))
-        lines.append(f"- {row}: `{t.get('command', meta.get('command'))}` at commit {t.get('commit', meta.get('commit'))}, "
-                     f"{t['minutes']:.1f} min of training, load average {', '.join(f'{x:.1f}' for x in load)} at its end")
+        load = ", ".join(f"{x:.1f}" for x in t.get("load_average", meta.get("load_average")))
+        command, commit = t.get("command", meta.get("command")), t.get("commit", meta.get("commit"))
+        lines.append(f"- {row}: `{command}` at commit {commit}, {t['minutes']:.1f} min of training, "
+                     f"load average {load} at its end")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ from .attention import (
     repeat_kv,
 )
 from .lsh import LSHWeights, lsh_attention, lsh_attention_weights, lsh_buckets, lsh_plan, shared_qk_attention
+from .lsh_decode import LSHCache, lsh_attention_step
 from .rotary import apply_rotary, rotary_angles
 
 __all__ = [
@@ -17,8 +18,10 @@ __all__ = [
     "check_key_mask",
     "dot_product_attention",
     "key_to_attn_mask",
+    "LSHCache",
     "LSHWeights",
     "lsh_attention",
+    "lsh_attention_step",
     "lsh_attention_weights",
     "lsh_buckets",
     "lsh_plan",

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, check_choice, check_dropout, check_heads, check_positive
-from ..functional import check_key_mask, key_to_attn_mask
+from ..functional import LSHCache, check_key_mask, key_to_attn_mask
 from ..generation import check_prompt, check_sampling, search
-from ..nn import MultiHeadAttention, make_norm
+from ..nn import KVCache, MultiHeadAttention, make_norm
 from ..nn.chunked import ChunkedFeedForward, TokenLoss, chunked_cross_entropy, run_chunked
 from ..nn.layers import ACTIVATIONS
 from ..nn.lsh import LSHSelfAttention
@@ -142,6 +142,14 @@ class _SelfAttentionBranch(nn.Module):
             y = self.attn(self.norm(x), attn_mask=key_to_attn_mask(key_mask)).y
         return self.dropout(y)
 
+    def step(self, x: Tensor, cache=None, **_) -> tuple[Tensor, LSHCache | KVCache]:
+        """x (B, T, d_model) at the positions after ``cache`` -> (y, cache): causal decoding (eval mode)."""
+        if self.kind == "lsh":
+            y, cache = self.attn.decode(*self._project(x), cache)
+        else:
+            y, cache = self.attn(self.norm(x), cache=cache)
+        return self.dropout(y), cache
+
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.norm(x)
         return self.attn.qk_proj(h), self.attn.v_proj(h)
@@ -163,6 +171,16 @@ class _CrossAttentionBranch(nn.Module):
             raise ValueError("encoder/decoder attention needs context (the encoder output)")
         return self.dropout(self.attn(self.norm(x), context=context, attn_mask=context_attn_mask).y)
 
+    def step(
+        self, x: Tensor, cache: KVCache | None = None, context: Tensor | None = None,
+        context_attn_mask: Tensor | None = None, **_
+    ) -> tuple[Tensor, KVCache]:
+        """As forward, keeping the projected encoder output in ``cache`` after the first call."""
+        if cache is None and context is None:
+            raise ValueError("encoder/decoder attention needs context (the encoder output)")
+        y, cache = self.attn(self.norm(x), context=context, attn_mask=context_attn_mask, cache=cache)
+        return self.dropout(y), cache
+
 
 def _ff(c: ReformerConfig) -> ChunkedFeedForward:
     return ChunkedFeedForward(
@@ -178,14 +196,29 @@ def _embeddings(c: ReformerConfig, vocab_size: int) -> Embeddings:
     )
 
 
+@dataclass
+class ReformerCache:
+    """What a Reformer decoder keeps while decoding: one entry per branch of its reversible stack
+    (:class:`~attnkit.functional.LSHCache` for LSH self-attention, :class:`~attnkit.nn.KVCache` for full
+    self- or encoder/decoder attention, None for feed-forward branches) and the number of positions held."""
+
+    layers: tuple[LSHCache | KVCache | None, ...]
+    length: int
+
+
+def _can_decode(stack: ReversibleSequence) -> bool:
+    return all(getattr(b.attn, "can_decode", True) for b in stack.branches if isinstance(b, _SelfAttentionBranch))
+
+
 class ReformerLM(nn.Module):
     """Decoder-only Reformer language model.
 
     ``forward(tokens, key_mask) -> logits``; ``forward(tokens, key_mask, targets=targets) ->
     TokenLoss(sum, count)``, the summed cross-entropy with the last norm, the output projection and the
     loss run in ``loss_chunks`` slices (the logits are never all held at once); ``loss(tokens, key_mask)``
-    the mean next-token loss; ``generate`` decodes by re-running the prefix (LSH attention keeps no KV
-    cache).
+    the mean next-token loss; ``step(tokens, cache)`` runs new positions after cached ones (LSH layers
+    keep their keys, values and buckets: :func:`~attnkit.functional.lsh_attention_step`), which
+    ``generate`` uses.
     """
 
     owns_loss = True
@@ -253,6 +286,26 @@ class ReformerLM(nn.Module):
         )
         return TokenLoss(total, (targets != IGNORE_INDEX).sum())
 
+    def step(self, tokens: Tensor, cache: ReformerCache | None = None) -> tuple[Tensor, ReformerCache]:
+        """Run ``tokens`` (B, t) after the positions held in ``cache`` -> (logits (B, t, V), new cache).
+
+        For decoding in eval mode: the logits equal ``forward`` over the whole sequence at the new
+        positions. Needs causal LSH layers without ``attend_across_buckets`` (see ``can_decode``).
+        """
+        check_tokens(tokens, self.config.vocab_size)
+        if not self.can_decode:
+            raise ValueError("step needs LSH layers without attend_across_buckets; generate(use_cache=False) "
+                             "re-runs the prefix instead")
+        offset = 0 if cache is None else cache.length
+        x = self.embed(tokens, offset=offset)  # (B, t, d_model)
+        x, layers = self.layers.step(x, None if cache is None else cache.layers)
+        return self._head(x), ReformerCache(layers, offset + tokens.shape[1])
+
+    @property
+    def can_decode(self) -> bool:
+        """Whether :meth:`step` (cached decoding) supports this model's attention settings."""
+        return _can_decode(self.layers)
+
     def loss(self, tokens: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """Mean next-token cross-entropy of ``tokens`` (B, T): position t predicts token t + 1.
 
@@ -279,19 +332,25 @@ class ReformerLM(nn.Module):
         generator: torch.Generator | None = None,
         beam_size: int = 1,
         length_penalty: float = 1.0,
+        use_cache: bool = True,
         **options,
     ) -> Tensor:
         """Continue ``tokens`` (B, T) -> (B, T + n); greedy at temperature 0, beam search with
         ``beam_size > 1``; ``options`` (repetition_penalty, on_token) as :meth:`TransformerLM.generate`.
-        Each step re-runs the prefix: LSH attention keeps no KV cache."""
+
+        In eval mode each new token runs through :meth:`step`, against cached keys, values and buckets;
+        with ``use_cache=False``, in training mode, or with ``attend_across_buckets``, each step re-runs
+        the whole prefix (the same tokens in eval mode, much slower)."""
         check_tokens(tokens, self.config.vocab_size)
         check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size,
                        max_new_tokens=max_new_tokens, length_penalty=length_penalty)
         check_prompt(tokens, max_new_tokens, self.config.max_len)
 
-        def step(new: Tensor, prefix: Tensor | None):
+        def rerun(new: Tensor, prefix: Tensor | None):
             seq = new if prefix is None else torch.cat([prefix, new], dim=1)
             return self(seq)[:, -new.shape[1] :], seq
+
+        step = self.step if use_cache and not self.training and self.can_decode else rerun
 
         return search(step, tokens, max_new_tokens, beam_size=beam_size, eos_id=eos_id, length_penalty=length_penalty,
                       temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, **options)
@@ -315,7 +374,7 @@ class Reformer(nn.Module):
     full encoder/decoder attention and feed-forward branches.
 
     ``forward(src, tgt) -> logits`` with teacher forcing (``tgt`` shifted right by the caller);
-    ``encode``/``decode`` separately; ``generate`` decodes by re-running the target prefix.
+    ``encode``/``decode`` separately; ``decode_step`` for cached decoding, which ``generate`` uses.
     """
 
     def __init__(self, config: ReformerConfig):
@@ -368,6 +427,27 @@ class Reformer(nn.Module):
         )
         return self.out_proj(self.decoder_norm(x))
 
+    def decode_step(
+        self, tgt: Tensor, memory: Tensor, src_key_mask: Tensor | None = None, cache: ReformerCache | None = None
+    ) -> tuple[Tensor, ReformerCache]:
+        """Decode ``tgt`` (B, t) after the target positions held in ``cache`` -> (logits (B, t, V), cache).
+
+        For decoding in eval mode (every target token real): the logits equal :meth:`decode` over the
+        whole target at the new positions. Needs LSH layers without ``attend_across_buckets``.
+        """
+        check_tokens(tgt, self.config.vocab_size, "tgt")
+        check_same_batch(tgt=tgt, memory=memory)
+        if not _can_decode(self.decoder):
+            raise ValueError("decode_step needs LSH layers without attend_across_buckets; "
+                             "generate(use_cache=False) re-runs the target prefix instead")
+        src_key_mask = check_key_mask(src_key_mask, *memory.shape[:2], name="src_key_mask")
+        offset = 0 if cache is None else cache.length
+        x, layers = self.decoder.step(
+            self.tgt_embed(tgt, offset=offset), None if cache is None else cache.layers, context=memory,
+            context_attn_mask=key_to_attn_mask(src_key_mask),
+        )
+        return self.out_proj(self.decoder_norm(x)), ReformerCache(layers, offset + tgt.shape[1])
+
     def forward(
         self, src: Tensor, tgt: Tensor, src_key_mask: Tensor | None = None, tgt_key_mask: Tensor | None = None
     ) -> Tensor:
@@ -388,10 +468,13 @@ class Reformer(nn.Module):
         src_key_mask: Tensor | None = None,
         beam_size: int = 1,
         length_penalty: float = 1.0,
+        use_cache: bool = True,
         **sampling,
     ) -> Tensor:
         """Translate ``src`` (B, S): target tokens (B, 1 + n) starting with ``bos_id``, as
-        :meth:`Transformer.generate`. Each step re-runs the target prefix: LSH attention keeps no cache."""
+        :meth:`Transformer.generate`. In eval mode the decoder runs one new token at a time against cached
+        keys, values and buckets (:meth:`decode_step`); ``use_cache=False`` (or training mode, or
+        ``attend_across_buckets``) re-runs the target prefix at each step."""
         check_sampling(beam_size=beam_size, max_new_tokens=max_new_tokens, length_penalty=length_penalty)
         src_key_mask = self._src_key_mask(src, src_key_mask)
         memory = self._encode(src, src_key_mask)
@@ -401,11 +484,15 @@ class Reformer(nn.Module):
         start = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
         max_new_tokens = min(max_new_tokens, self.config.max_len - 1)
 
-        def step(new: Tensor, prefix: Tensor | None):
+        def rerun(new: Tensor, prefix: Tensor | None):
             seq = new if prefix is None else torch.cat([prefix, new], dim=1)
             # every generated token is real, even one that equals pad_id
             logits = self.decode(seq, memory, src_key_mask, torch.ones_like(seq, dtype=torch.bool))
             return logits[:, -new.shape[1] :], seq
 
+        def cached(new: Tensor, cache: ReformerCache | None):
+            return self.decode_step(new, memory, src_key_mask, cache)
+
+        step = cached if use_cache and not self.training and _can_decode(self.decoder) else rerun
         return search(step, start, max_new_tokens, beam_size=beam_size, eos_id=eos_id,
                       length_penalty=length_penalty, **sampling)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.lsh import lsh_attention
+from ..functional.lsh_decode import LSHCache, lsh_attention_step
 
 
 class LSHSelfAttention(nn.Module):
@@ -101,6 +102,35 @@ class LSHSelfAttention(nn.Module):
         )  # (B, H, L, D), laid out token-major by the chunked and fused paths, so the next line is a view
         y = y.transpose(1, 2).reshape(B, L, self.n_heads * self.d_head)  # (B, L, H * D)
         return self.out_proj(y)
+
+    def decode(self, qk: Tensor, v: Tensor, cache: LSHCache | None = None) -> tuple[Tensor, LSHCache]:
+        """Causal attention of new positions after the cached ones, in eval mode: qk, v (B, T, H * D) ->
+        (y (B, T, d_model), cache). Without a cache the T positions (a prompt) run as in :meth:`attend`
+        and start one; after that each position is one :func:`~attnkit.functional.lsh_attention_step`.
+        The outputs equal :meth:`attend` over the whole sequence at those positions (same ``eval_seed``).
+        """
+        if not self.causal or self.attend_across_buckets or (self.training and self.dropout > 0):
+            raise ValueError("decode needs causal LSH attention without attend_across_buckets or dropout")
+        B, T, _ = qk.shape
+        if cache is None:
+            y = self.attend(qk, v, seed=self.eval_seed)
+            heads = lambda x: x.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # noqa: E731
+            return y, LSHCache(heads(qk), heads(v))
+        ys = []
+        for t in range(T):
+            q_t = qk[:, t].view(B, self.n_heads, 1, self.d_head)
+            v_t = v[:, t].view(B, self.n_heads, 1, self.d_head)
+            y, cache = lsh_attention_step(
+                q_t, v_t, cache, n_hashes=self.n_hashes, bucket_size=self.bucket_size, seed=self.eval_seed,
+                n_buckets=self.n_buckets, dedup=self.dedup,
+            )  # (B, H, 1, D)
+            ys.append(y.reshape(B, 1, self.n_heads * self.d_head))
+        return self.out_proj(torch.cat(ys, dim=1)), cache
+
+    @property
+    def can_decode(self) -> bool:
+        """Whether :meth:`decode` supports this layer's settings."""
+        return self.causal and not self.attend_across_buckets
 
     def extra_repr(self) -> str:
         return (

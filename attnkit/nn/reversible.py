@@ -57,6 +57,25 @@ class ReversibleSequence(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return _ReversibleFunction.apply(x, self.branches, names, len(kw_values), *kw_values, *params)
 
+    def step(self, x: Tensor, caches: Sequence | None = None, **kwargs) -> tuple[Tensor, tuple]:
+        """Inference over new positions x (B, T, d_model) after the cached ones -> (output, caches).
+
+        A branch with ``step(x, cache, **kwargs) -> (y, cache)`` (attention, which looks at other positions)
+        gets its cache from ``caches`` (None on the first call) and returns the next; the others are
+        position-wise and run as in forward (their cache entry is None). The output equals forward's over
+        the whole sequence, at the new positions.
+        """
+        streams = [x, x]
+        new = []
+        for i, branch in enumerate(self.branches):
+            if hasattr(branch, "step"):
+                y, cache = branch.step(streams[1 - i % 2], None if caches is None else caches[i], **kwargs)
+            else:
+                y, cache = _call(branch, streams[1 - i % 2], kwargs), None
+            streams[i % 2] = streams[i % 2] + y
+            new.append(cache)
+        return (streams[0] + streams[1]) / 2, tuple(new)
+
 
 def _call(branch: nn.Module, x: Tensor, kwargs: dict) -> Tensor:
     chunks = getattr(branch, "chunks", 1)
