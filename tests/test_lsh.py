@@ -81,13 +81,14 @@ def test_error_falls_as_hash_rounds_grow():
 @pytest.mark.parametrize("across", [False, True])
 @pytest.mark.parametrize("dedup", [False, True])
 @pytest.mark.parametrize("L,bucket_size", [(100, 16), (37, 8), (50, 64)])
-def test_chunked_equals_reference(causal, across, dedup, L, bucket_size):
+@pytest.mark.parametrize("impl", ["chunked", "batched"])
+def test_fast_paths_equal_the_reference(causal, across, dedup, L, bucket_size, impl):
     qk, v = _inputs(L=L, D=16, Dv=8, dtype=torch.float64, grad=True, seed=L)
     mask = torch.rand(2, L, generator=torch.Generator().manual_seed(1)) > 0.2
     kw = dict(n_hashes=3, bucket_size=bucket_size, causal=causal, key_mask=mask, seed=3,
               attend_across_buckets=across, dedup=dedup)
     ref = lsh_attention(qk, v, impl="reference", **kw)
-    out = lsh_attention(qk, v, impl="chunked", **kw)
+    out = lsh_attention(qk, v, impl=impl, **kw)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
     grad = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, (qk, v), grad)
@@ -96,21 +97,27 @@ def test_chunked_equals_reference(causal, across, dedup, L, bucket_size):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
-def test_chunked_equals_reference_many_buckets_factorized():
+def test_fast_paths_equal_the_reference_with_many_buckets_factorized():
     qk, v = _inputs(B=1, H=1, L=1200, D=8, dtype=torch.float64, seed=4)
     plan = lsh_plan(1200, 4)
     assert len(plan.factors) == 2 and plan.n_buckets >= 300
     for causal in (False, True):
         kw = dict(n_hashes=2, bucket_size=4, causal=causal, seed=9)
-        torch.testing.assert_close(
-            lsh_attention(qk, v, impl="chunked", **kw), lsh_attention(qk, v, impl="reference", **kw)
-        )
+        ref = lsh_attention(qk, v, impl="reference", **kw)
+        for impl in ("chunked", "batched"):
+            torch.testing.assert_close(lsh_attention(qk, v, impl=impl, **kw), ref)
 
 
-def test_auto_is_chunked():
+def test_auto_is_batched_while_the_scores_fit_and_chunked_beyond(monkeypatch):
+    import attnkit.functional.lsh_batched as batched
+
     qk, v = _inputs(L=70)
     kw = dict(bucket_size=8, seed=5, causal=True)
+    assert batched.batched_fits(2, 2, 4, lsh_plan(70, 8))
+    assert torch.equal(lsh_attention(qk, v, **kw), lsh_attention(qk, v, impl="batched", **kw))
+    monkeypatch.setattr(batched, "BATCHED_ELEMENTS", 1000)
     assert torch.equal(lsh_attention(qk, v, **kw), lsh_attention(qk, v, impl="chunked", **kw))
+    assert not torch.equal(lsh_attention(qk, v, impl="batched", **kw), lsh_attention(qk, v, impl="chunked", **kw))
 
 
 def test_strided_inputs_and_gradients():
