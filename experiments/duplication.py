@@ -63,6 +63,12 @@ def main(argv=None) -> dict:
     if results.get("meta", {}).get("length", args.length) != args.length:
         raise SystemExit(f"{out.with_suffix('.json')} holds length {results['meta']['length']}: pass another --results")
     trained, grid = results.get("trained", {}), results.get("accuracy", {})
+    old = results.get("meta", {})
+    for t in trained.values():  # rows from before rows were recorded one by one carry the run's meta
+        t.setdefault("command", old.get("command"))
+        t.setdefault("commit", old.get("commit"))
+        t.setdefault("load_average", old.get("load_average"))
+        t.setdefault("budget_minutes", old.get("minutes_per_model"))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     for row in args.rows:
         started = time.time()
