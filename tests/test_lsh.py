@@ -81,7 +81,7 @@ def test_error_falls_as_hash_rounds_grow():
 @pytest.mark.parametrize("across", [False, True])
 @pytest.mark.parametrize("dedup", [False, True])
 @pytest.mark.parametrize("L,bucket_size", [(100, 16), (37, 8), (50, 64)])
-@pytest.mark.parametrize("impl", ["chunked", "batched"])
+@pytest.mark.parametrize("impl", ["chunked", "dense"])
 def test_fast_paths_equal_the_reference(causal, across, dedup, L, bucket_size, impl):
     qk, v = _inputs(L=L, D=16, Dv=8, dtype=torch.float64, grad=True, seed=L)
     mask = torch.rand(2, L, generator=torch.Generator().manual_seed(1)) > 0.2
@@ -104,20 +104,21 @@ def test_fast_paths_equal_the_reference_with_many_buckets_factorized():
     for causal in (False, True):
         kw = dict(n_hashes=2, bucket_size=4, causal=causal, seed=9)
         ref = lsh_attention(qk, v, impl="reference", **kw)
-        for impl in ("chunked", "batched"):
+        for impl in ("chunked", "dense"):
             torch.testing.assert_close(lsh_attention(qk, v, impl=impl, **kw), ref)
 
 
-def test_auto_is_batched_while_the_scores_fit_and_chunked_beyond(monkeypatch):
-    import attnkit.functional.lsh_batched as batched
+def test_auto_is_dense_while_the_windows_cover_a_short_sequence_and_chunked_beyond(monkeypatch):
+    import attnkit.functional.lsh_dense as dense
 
-    qk, v = _inputs(L=70)
-    kw = dict(bucket_size=8, seed=5, causal=True)
-    assert batched.batched_fits(2, 2, 4, lsh_plan(70, 8))
-    assert torch.equal(lsh_attention(qk, v, **kw), lsh_attention(qk, v, impl="batched", **kw))
-    monkeypatch.setattr(batched, "BATCHED_ELEMENTS", 1000)
-    assert torch.equal(lsh_attention(qk, v, **kw), lsh_attention(qk, v, impl="chunked", **kw))
-    assert not torch.equal(lsh_attention(qk, v, impl="batched", **kw), lsh_attention(qk, v, impl="chunked", **kw))
+    qk, v = _inputs(L=30)
+    kw = dict(bucket_size=8, seed=5, causal=True)  # 4 chunks; 4 rounds x 8 slots cover 30 tokens, 3 do not
+    assert dense.dense_fits(2, 2, 30, 4, lsh_plan(30, 8)) and not dense.dense_fits(2, 2, 30, 3, lsh_plan(30, 8))
+    assert torch.equal(lsh_attention(qk, v, n_hashes=4, **kw), lsh_attention(qk, v, n_hashes=4, impl="dense", **kw))
+    assert torch.equal(lsh_attention(qk, v, n_hashes=3, **kw), lsh_attention(qk, v, n_hashes=3, impl="chunked", **kw))
+    monkeypatch.setattr(dense, "DENSE_ELEMENTS", 1000)  # the masks of all heads must stay small
+    assert torch.equal(lsh_attention(qk, v, n_hashes=4, **kw), lsh_attention(qk, v, n_hashes=4, impl="chunked", **kw))
+    assert not torch.equal(lsh_attention(qk, v, impl="dense", **kw), lsh_attention(qk, v, impl="chunked", **kw))
 
 
 def test_strided_inputs_and_gradients():

@@ -22,9 +22,9 @@ Four implementations, one signature:
 
 * ``impl="reference"`` writes this out plainly: full (L, L) shared-QK scores per round, masked to
   the pairs that share a bucket and lie in adjacent chunks after sorting. O(n_hashes L^2) memory.
-* ``impl="batched"`` (the ``"auto"`` choice on CPU while its scores fit, about 16M of them) runs every
-  head, round and chunk at once with ordinary autograd (:mod:`attnkit.functional.lsh_batched`): few,
-  large operations, for short sequences.
+* ``impl="dense"`` (the ``"auto"`` choice on CPU for short sequences, where the rounds' windows cover
+  the sequence) is one dense attention whose additive mask is the log of how many rounds each pair
+  meets in (:mod:`attnkit.functional.lsh_dense`): a few large operations instead of many small ones.
 * ``impl="chunked"`` (the ``"auto"`` choice on CPU beyond) works on the sorted order, in slices of chunks, as
   (chunks, bucket_size, 2 * bucket_size) matrix products, inside a custom autograd function that keeps
   only the sort orders and the per-token log-sum-exp and recomputes the scores in backward. Memory is
@@ -50,7 +50,7 @@ from torch.autograd.function import once_differentiable
 from ..kernels.alloc import token_major
 from .attention import check_key_mask
 
-IMPLS = ("auto", "reference", "chunked", "batched", "fused")
+IMPLS = ("auto", "reference", "chunked", "dense", "fused")
 FACTORIZE_ABOVE = 128  # more buckets than this are hashed as a product of two smaller rotations
 _HASH_BLOCK = 8192  # tokens hashed at a time on CPU (per head)
 _HASH_ELEMENTS_GPU = 1 << 26  # projections computed at a time on a GPU (256 MB in fp32)
@@ -267,11 +267,11 @@ def lsh_attention(
         seed: seeds the random rotations (and the dropout masks). ``None`` draws one from torch's
             global generator, so ``torch.manual_seed`` makes a run repeatable.
         impl: ``"reference"`` (plain full-matrix version), ``"chunked"`` (sorted, sliced, memory-lean),
-            ``"batched"`` (all heads and rounds at once, for short sequences), ``"fused"`` (Triton kernels,
-            :mod:`attnkit.kernels.lsh`: CUDA, or CPU under TRITON_INTERPRET=1) or ``"auto"``: dense
-            shared-QK attention when the sequence is one chunk and one bucket (the same result), else
-            fused on CUDA when Triton is installed and the options allow, else batched while its scores
-            fit in ``lsh_batched.BATCHED_ELEMENTS`` (and without dropout), else chunked.
+            ``"dense"`` (one dense attention with the rounds' meeting counts as a mask, for short
+            sequences), ``"fused"`` (Triton kernels, :mod:`attnkit.kernels.lsh`: CUDA, or CPU under
+            TRITON_INTERPRET=1) or ``"auto"``: dense shared-QK attention when the sequence is one chunk
+            and one bucket (the same result), else fused on CUDA when Triton is installed and the options
+            allow, else dense where ``lsh_dense.dense_fits`` (and without dropout), else chunked.
         n_buckets: override the bucket count (even, or 1), or give its factors as a tuple.
         attend_across_buckets: keep pairs of different buckets that fall in adjacent chunks.
         dedup: lower the score of a pair found in N rounds by log N, so it counts once.
@@ -314,14 +314,14 @@ def lsh_attention(
             )
         if impl == "fused":
             raise ValueError(f"impl='fused' cannot run these inputs: {why}")
-    if impl in ("reference", "batched") and dropout_p > 0.0:
+    if impl in ("reference", "dense") and dropout_p > 0.0:
         raise ValueError("dropout_p > 0 is only supported by impl='chunked'")
     if impl == "reference":
         return _reference(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, scale)
-    from .lsh_batched import batched_fits, lsh_attention_batched
+    from .lsh_dense import dense_fits, lsh_attention_dense
 
-    if impl == "batched" or (impl == "auto" and dropout_p == 0.0 and batched_fits(B, H, n_hashes, plan)):
-        return lsh_attention_batched(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, scale)
+    if impl == "dense" or (impl == "auto" and dropout_p == 0.0 and dense_fits(B, H, L, n_hashes, plan)):
+        return lsh_attention_dense(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, scale)
     return _chunked(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, dropout_p, seed, scale)
 
 

@@ -27,7 +27,7 @@ class LSHSelfAttention(nn.Module):
         eval_seed: the hash seed in eval mode, so evaluation is deterministic; in training each call
             draws a seed from torch's global generator (``torch.manual_seed`` repeats a run, and a
             reversible layer replays it in backward).
-        impl: passed to ``lsh_attention``: "auto" (see there), "chunked", "batched", "fused" or "reference".
+        impl: passed to ``lsh_attention``: "auto" (see there), "chunked", "dense", "fused" or "reference".
     """
 
     def __init__(
