@@ -13,10 +13,13 @@ Tests hold it equal to the reference.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from .lsh import LSHPlan
+if TYPE_CHECKING:  # lsh imports this module
+    from .lsh import LSHPlan
 
 DENSE_ELEMENTS = 1 << 24  # "auto" takes this path when B * H * L^2 <= this (and see dense_fits)
 
