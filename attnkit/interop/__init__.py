@@ -14,6 +14,7 @@ from __future__ import annotations
 from .errors import UnsupportedCheckpoint
 from .hf import SUPPORTED_MODEL_TYPES, load_pretrained, save_pretrained
 from .sentence import embed_sentences, sentence_embeddings
+from .t5 import load_t5, save_t5
 from .tokenizer import PretrainedTokenizer, encode, load_tokenizer
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "embed_sentences",
     "encode",
     "load_pretrained",
+    "load_t5",
     "load_tokenizer",
     "save_pretrained",
+    "save_t5",
     "sentence_embeddings",
 ]

@@ -11,6 +11,7 @@ from .encoder import (
 from .lm import TransformerLM, TransformerLMConfig
 from .reformer import Reformer, ReformerConfig, ReformerLM
 from .rnn import RNNEncoding, RNNSeq2Seq, RNNSeq2SeqConfig, RNNState
+from .t5 import T5, T5Config
 from .transformer import Transformer, TransformerConfig
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "ReformerConfig",
     "ReformerLM",
     "SequenceClassificationHead",
+    "T5",
+    "T5Config",
     "Transformer",
     "TransformerConfig",
     "TransformerEncoder",
