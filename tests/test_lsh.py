@@ -113,7 +113,7 @@ def test_auto_is_dense_while_the_windows_cover_a_short_sequence_and_chunked_beyo
 
     qk, v = _inputs(L=30)
     kw = dict(bucket_size=8, seed=5, causal=True)  # 4 chunks; 4 rounds x 8 slots cover 30 tokens, 3 do not
-    assert dense.dense_fits(2, 2, 30, 4, lsh_plan(30, 8)) and not dense.dense_fits(2, 2, 30, 3, lsh_plan(30, 8))
+    assert dense.dense_fits(2, 2, 30, 4, 8) and not dense.dense_fits(2, 2, 30, 3, 8)
     assert torch.equal(lsh_attention(qk, v, n_hashes=4, **kw), lsh_attention(qk, v, n_hashes=4, impl="dense", **kw))
     assert torch.equal(lsh_attention(qk, v, n_hashes=3, **kw), lsh_attention(qk, v, n_hashes=3, impl="chunked", **kw))
     monkeypatch.setattr(dense, "DENSE_ELEMENTS", 1000)  # the masks of all heads must stay small

@@ -320,8 +320,11 @@ def lsh_attention(
         return _reference(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, scale)
     from .lsh_dense import dense_fits, lsh_attention_dense
 
-    if impl == "dense" or (impl == "auto" and dropout_p == 0.0 and dense_fits(B, H, L, n_hashes, plan)):
-        return lsh_attention_dense(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, scale)
+    if impl == "dense" or (impl == "auto" and dropout_p == 0.0 and dense_fits(B, H, L, n_hashes, plan.chunk)):
+        return lsh_attention_dense(
+            qk, v, buckets, valid, chunk=plan.chunk, n_chunks=plan.n_chunks, n_buckets=plan.n_buckets,
+            causal=causal, across=attend_across_buckets, dedup=dedup, scale=scale,
+        )
     return _chunked(qk, v, buckets, valid, plan, causal, attend_across_buckets, dedup, dropout_p, seed, scale)
 
 

@@ -13,31 +13,27 @@ Tests hold it equal to the reference.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:  # lsh imports this module
-    from .lsh import LSHPlan
 
 DENSE_ELEMENTS = 1 << 24  # "auto" takes this path when B * H * L^2 <= this (and see dense_fits)
 
 
-def dense_fits(B: int, H: int, L: int, R: int, plan: LSHPlan) -> bool:
+def dense_fits(B: int, H: int, L: int, R: int, chunk: int) -> bool:
     """Whether "auto" computes LSH attention densely: the rounds' windows cover the sequence (no less
     work than full attention in the chunked path) and the (L, L) masks of all heads stay small."""
-    return R * plan.chunk >= L and B * H * L * L <= DENSE_ELEMENTS
+    return R * chunk >= L and B * H * L * L <= DENSE_ELEMENTS
 
 
 def lsh_attention_dense(
-    qk: Tensor, v: Tensor, buckets: Tensor, valid: Tensor | None, plan: LSHPlan, causal: bool, across: bool,
-    dedup: bool, scale: float,
+    qk: Tensor, v: Tensor, buckets: Tensor, valid: Tensor | None, *, chunk: int, n_chunks: int, n_buckets: int,
+    causal: bool, across: bool, dedup: bool, scale: float,
 ) -> Tensor:
-    """qk (B, H, L, D), v (B, H, L, D_v), buckets (B, H, R, L), valid (B, H, L) or None -> (B, H, L, D_v)."""
+    """qk (B, H, L, D), v (B, H, L, D_v), buckets (B, H, R, L) in [0, n_buckets), valid (B, H, L) or None
+    -> (B, H, L, D_v); ``chunk``, ``n_chunks``: the chunking of :func:`~attnkit.functional.lsh_plan`."""
     B, H, L, _ = qk.shape
     with torch.no_grad():
-        count = _meetings(buckets, valid, plan, across)  # (B, H, L, L)
+        count = _meetings(buckets, valid, chunk, n_chunks, n_buckets, across)  # (B, H, L, L)
         allowed = ~torch.eye(L, dtype=torch.bool, device=qk.device)  # never itself ...
         if causal:
             allowed = allowed.tril()
@@ -53,14 +49,13 @@ def lsh_attention_dense(
     return out if valid is None else out * valid[..., None]  # padding rows give zeros
 
 
-def _meetings(buckets: Tensor, valid: Tensor | None, plan: LSHPlan, across: bool) -> Tensor:
+def _meetings(buckets: Tensor, valid: Tensor | None, chunk: int, n_chunks: int, n: int, across: bool) -> Tensor:
     """(B, H, L, L) int8: in how many rounds query i and key j share a group and adjacent chunks."""
     B, H, R, L = buckets.shape
-    n = plan.n_buckets
     key = buckets if valid is None else buckets.masked_fill(~valid[:, :, None, :], n)  # padding sorts last
     ranks = (key * L + torch.arange(L, device=buckets.device)).argsort(-1).argsort(-1)  # (B, H, R, L)
     group = key if not across else (key == n).long() * n  # across buckets: one group of real tokens
-    where = (group * (plan.n_chunks + 1) + ranks // plan.chunk).to(torch.int32)  # (B, H, R, L)
+    where = (group * (n_chunks + 1) + ranks // chunk).to(torch.int32)  # (B, H, R, L)
     count = torch.zeros(B, H, L, L, dtype=torch.int8, device=buckets.device)
     for r in range(R):
         d = where[:, :, r, :, None] - where[:, :, r, None, :]  # (B, H, L, L)
