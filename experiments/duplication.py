@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from attnkit.runs import RunConfig, evaluate_run, load_run, train_run
+from attnkit.runs import RunConfig, evaluate_run, load_run, resume_run, train_run
 
 PAPER = {  # Table 2 of the paper: trained with (rows) x evaluated with (columns), accuracy in %
     "full": {"full": 100, "lsh-8": 94.8, "lsh-4": 92.5, "lsh-2": 76.9, "lsh-1": 52.5},
@@ -42,6 +42,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="runs/duplication")
     p.add_argument("--results", default=str(Path(__file__).with_name("results") / "duplication"))
     p.add_argument("--replot", action="store_true", help="only redraw the table and plot from the results JSON")
+    p.add_argument("--resume", action="store_true",
+                   help="train the rows' existing runs --minutes more (from their last checkpoint) instead of anew")
     args = p.parse_args(argv)
     if args.replot:
         results = json.loads(Path(args.results).with_suffix(".json").read_text())
@@ -56,7 +58,7 @@ def main(argv=None) -> dict:
                  **{f"lsh-{k}": dict(bucket_size=args.chunk, n_hashes=k) for k in (8, 4, 2, 1)},
                  "local": dict(bucket_size=args.chunk, n_buckets=1, n_hashes=1)}
     base = [f"data.context={args.length}", f"model.bucket_size={args.chunk}", f"train.minutes={args.minutes}",
-            "train.progress=false", "train.checkpoint_every=100000"]
+            "train.progress=false", "train.checkpoint_every=100"]
     out = Path(args.results)
     # Rows already measured (possibly by other commands, at other budgets) stay; the rows run now replace theirs.
     results = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
@@ -72,11 +74,17 @@ def main(argv=None) -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     for row in args.rows:
         started = time.time()
-        config = RunConfig.load("duplication_lsh", base + train_sets[row])
-        result = train_run(config, Path(args.out) / row, overwrite=True, log=lambda s: print(s, flush=True))
+        log = lambda s: print(s, flush=True)  # noqa: E731
+        if args.resume:  # train the row's run args.minutes more, from its last checkpoint
+            result = resume_run(Path(args.out) / row, minutes=args.minutes, log=log)
+            budget = trained[row]["budget_minutes"] + args.minutes
+        else:
+            config = RunConfig.load("duplication_lsh", base + train_sets[row])
+            result = train_run(config, Path(args.out) / row, overwrite=True, log=log)
+            budget = args.minutes
         records = result.folder.read_metrics()
         trained[row] = {"steps": result.summary["step"], "minutes": result.summary["elapsed_s"] / 60,
-                        "budget_minutes": args.minutes, "commit": commit,
+                        "budget_minutes": budget, "commit": commit,
                         "command": " ".join([Path(sys.executable).name, *sys.argv]),
                         "load_average": os.getloadavg(),  # at the end of its training
                         "curve": [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]}
