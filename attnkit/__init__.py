@@ -1,4 +1,5 @@
-"""attnkit: attention and the Transformer family, from the formula to million-token Reformers."""
+"""attnkit: attention and the Transformer family, from the formula to long-context Reformers (million-token
+training on one GPU is the goal; see benchmarks/RESULTS.md, section 3, for what has been measured)."""
 
 import os as _os
 import sys as _sys
