@@ -11,15 +11,17 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def bits_per_token(model, ids: Tensor, context: int, batch_size: int = 16) -> float:
+def bits_per_token(model, ids: Tensor, context: int, batch_size: int | None = None) -> float:
     """Mean -log2 p(token | preceding tokens) over ``ids[1:]`` with a sliding window.
 
     Windows of ``context`` tokens overlap by half and each scores only the tokens the previous one did
     not, so every scored token (after the first window) sees at least context / 2 tokens before it.
+    ``batch_size`` windows run at once (default: 16, fewer for long windows, about 32K tokens at once).
     """
     model.eval()
     n_targets = ids.numel() - 1
     context = min(context, n_targets)
+    batch_size = batch_size or max(1, min(16, 2**15 // context))
     stride = max(1, context // 2)
     starts = list(range(0, n_targets - context + 1, stride))
     if starts[-1] + context < n_targets:
