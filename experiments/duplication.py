@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
         log = lambda s: print(s, flush=True)  # noqa: E731
         if args.resume:  # train the row's run args.minutes more, from its last checkpoint
             result = resume_run(Path(args.out) / row, minutes=args.minutes, log=log)
-            budget = trained[row]["budget_minutes"] + args.minutes
+            budget = load_run(result.folder.path).config.train.minutes  # the time trained before + args.minutes
         else:
             config = RunConfig.load("duplication_lsh", base + train_sets[row])
             result = train_run(config, Path(args.out) / row, overwrite=True, log=log)
