@@ -8,6 +8,8 @@
   :class:`SubwordTokenizer` (BPE, WordPiece, Unigram, GPT-2), all with ``save``/``load``;
   :data:`TOKENIZERS` names them for run configs.
 - :mod:`attnkit.data.corpora`: the corpora run configs name (:data:`TEXT_CORPORA`, :data:`PAIR_CORPORA`).
+- :mod:`attnkit.data.wordnet`: WordNet's synsets (Debian ``wordnet-base``) and two gloss
+  classification tasks (part of speech, lexicographer file) split by a sha1 rule.
 - :mod:`attnkit.data.batching`: padding, length-bucketed batches, random LM windows.
 """
 
@@ -34,8 +36,26 @@ from .translation import (
     split_of,
     split_pairs,
 )
+from .wordnet import (
+    Synset,
+    TextClassification,
+    load_wordnet,
+    parse_synset_line,
+    split_synsets,
+    synset_split,
+    wordnet_lexname_task,
+    wordnet_pos_task,
+)
 
 __all__ = [
+    "Synset",
+    "TextClassification",
+    "load_wordnet",
+    "parse_synset_line",
+    "split_synsets",
+    "synset_split",
+    "wordnet_lexname_task",
+    "wordnet_pos_task",
     "ByteTokenizer",
     "CharTokenizer",
     "IdTokenizer",
@@ -64,3 +84,4 @@ __all__ = [
     "text_splits",
     "token_batches",
 ]
+

@@ -1,6 +1,7 @@
 """Model families, each built from its config dataclass."""
 
 from .common import LMCache
+from .elmo import BiLM, BiLMClassifier, BiLMConfig, BiLMOutput, ScalarMix
 from .encoder import (
     MaskedLMHead,
     SequenceClassificationHead,
@@ -15,6 +16,11 @@ from .t5 import T5, T5Config
 from .transformer import Transformer, TransformerConfig
 
 __all__ = [
+    "BiLM",
+    "BiLMClassifier",
+    "BiLMConfig",
+    "BiLMOutput",
+    "ScalarMix",
     "LMCache",
     "MaskedLMHead",
     "RNNEncoding",
