@@ -37,6 +37,7 @@ Tests hold them equal, values and gradients.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -529,7 +530,7 @@ class _Round:
         elif cfg.causal:
             # Within a bucket the sorted order is the position order, so the causal pattern is fixed:
             # query i of a chunk may see window keys 0 .. C + i.
-            self.forbid = torch.ones(C, 2 * C, dtype=torch.bool, device=device).triu(C + 1)
+            self.forbid = _causal_window(C, device)
         if where is not None:
             self.q_where = where[order.clamp(max=L - 1)]  # (Lp, R)
             self.k_where = torch.full((C + Lp, where.shape[1]), -(2**40), dtype=where.dtype, device=device)
@@ -597,6 +598,13 @@ class _Round:
         g.manual_seed((self.cfg.seed * 1_000_003 + (n * 10_007 + r) * 1_000_033 + c0) % (2**63))
         keep = torch.rand(p.shape, generator=g, device=p.device, dtype=p.dtype) >= self.cfg.dropout_p
         return p * keep * (1.0 / (1.0 - self.cfg.dropout_p))
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_window(C: int, device: torch.device) -> Tensor:
+    """(C, 2C) True where query i of a chunk may not see window key j (j > C + i): the causal pattern
+    within a bucket, the same for every chunk, head and round (built once, not per round)."""
+    return torch.ones(C, 2 * C, dtype=torch.bool, device=device).triu(C + 1)
 
 
 class _SliceRows:
