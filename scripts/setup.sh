@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Sets attnkit up on a fresh Debian/Ubuntu machine, idempotently:
-#   - Debian packages with the real corpora (King James Bible, German-English sentence pairs);
+#   - Debian packages with the real corpora (King James Bible, German-English sentence pairs, WordNet,
+#     the World English Bible and the Reina-Valera for Spanish-English, lz4 for Debian's description lists);
 #   - a virtual environment in .venv with PyTorch (the CPU wheel pinned where the machine has it)
 #     and attnkit installed in editable mode with its data and test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="sword-text-kjv trans-de-en wordnet-base"
+APT_PACKAGES="sword-text-kjv trans-de-en wordnet-base sword-text-web sword-text-sparv lz4"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -10,5 +10,10 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
   (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) \
     || echo "test: chromium could not be installed; the browser tests will skip" >&2
 fi
+if [ "$(id -u)" = 0 ]; then  # Debian's package-description translations, fetched once into attnkit's cache
+  .venv/bin/python -c "from attnkit.data.descriptions import refresh, cached_files
+if not (cached_files('de') and cached_files('fr')): refresh()" \
+    || echo "test: the description lists could not be fetched; their real-file tests will skip" >&2
+fi
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -x -q -n 2 "$@"

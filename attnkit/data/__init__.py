@@ -8,6 +8,9 @@
   :class:`SubwordTokenizer` (BPE, WordPiece, Unigram, GPT-2), all with ``save``/``load``;
   :data:`TOKENIZERS` names them for run configs.
 - :mod:`attnkit.data.corpora`: the corpora run configs name (:data:`TEXT_CORPORA`, :data:`PAIR_CORPORA`).
+- :mod:`attnkit.data.descriptions`: German-English and French-English pairs from Debian's package-description
+  translations; :mod:`attnkit.data.bible_pairs`: Spanish-English verse pairs (Reina-Valera, World English
+  Bible). Both are registered in :data:`PAIR_CORPORA`.
 - :mod:`attnkit.data.wordnet`: WordNet's synsets (Debian ``wordnet-base``) and two gloss
   classification tasks (part of speech, lexicographer file) split by a sha1 rule.
 - :mod:`attnkit.data.batching`: padding, length-bucketed batches, random LM windows.

@@ -18,11 +18,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .bible_pairs import load_es_en
+from .descriptions import load_de_en_all, load_descriptions
 from .kjv import kjv_splits
 from .translation import load_de_en
 
 TEXT_CORPORA: dict[str, Callable[[], tuple[str, str]]] = {"kjv": kjv_splits}
-PAIR_CORPORA: dict[str, Callable[[], dict]] = {"de-en": lambda: load_de_en()}
+PAIR_CORPORA: dict[str, Callable[[], dict]] = {
+    "de-en": lambda: load_de_en(),
+    "de-en-descriptions": lambda: load_descriptions("de"),  # Debian's package-description translations
+    "fr-en-descriptions": lambda: load_descriptions("fr"),
+    "es-en-bible": lambda: load_es_en(),  # Reina-Valera 1909 against the World English Bible, Spanish source
+    "de-en-all": lambda: load_de_en_all(),  # de-en + de-en-descriptions for training; test sets per member
+}
 SYNTHETIC_CORPORA = ("duplication",)
 HELD_OUT_FRACTION = 0.05
 
