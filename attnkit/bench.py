@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
+import shlex
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -67,3 +73,52 @@ def attention(quick: bool = False) -> dict:
 
 
 BENCHMARKS = {"generation": generation, "attention": attention}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Provenance: what every results file records about how it was made
+
+
+def git_commit(repo: str | Path = ".") -> str:
+    """Short hash of HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if changes else "")
+
+
+def version(dist: str) -> str:
+    """The installed version of a distribution, or "not installed"."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(script: str | Path, argv: list[str], packages: tuple[str, ...] = ("torch",)) -> dict:
+    """The command (the script relative to the working folder, and its arguments), the commit of the script's
+    repository, the versions of Python and ``packages``, the CPU and the load average before the run (add
+    ``load_after`` at the end)."""
+    return {
+        "command": shlex.join(["python", os.path.relpath(script), *argv]),
+        "commit": git_commit(Path(script).resolve().parent),
+        "python": platform.python_version(),
+        **{dist.replace("-", "_"): version(dist) for dist in packages},
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_before": list(os.getloadavg()),
+    }

@@ -43,12 +43,9 @@ is reported as skipped. Writes benchmarks/results/lsh_attention.{json,md} (``--o
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -180,51 +177,11 @@ def run_one(impl: str, L: int, args) -> dict:
     return {**row, **json.loads(lines[-1])}
 
 
-def git_commit() -> str:
-    """Short hash of HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changes = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if changes else "")
-
-
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def provenance(argv: list[str]) -> dict:
     """Where and how the run was made (the load average after it is added at the end)."""
-    return {
-        "command": shlex.join(["python", os.path.relpath(__file__), *argv]),
-        "commit": git_commit(),
-        "python": platform.python_version(),
-        "torch": version("torch"),
-        "reformer_pytorch": version("reformer-pytorch"),
-        "transformers": version("transformers"),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "load_before": list(os.getloadavg()),
-    }
+    from attnkit.bench import provenance as made
+
+    return made(__file__, argv, ("torch", "reformer-pytorch", "transformers"))
 
 
 def fmt_time(r: dict) -> str:

@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from attnkit.bench import provenance
 from attnkit.models.reformer import ReformerConfig, ReformerLM
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,8 +63,8 @@ def measure(layers: int, args) -> dict:
 def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
         "# ReformerLM greedy decoding: cached steps against re-running the prefix", "",
-        f"`{meta['command']}` at commit {meta['commit']}; torch {meta['torch']}, {meta['machine']}, "
-        f"{meta['threads']} threads, load average {', '.join(f'{x:.1f}' for x in meta['load_before'])} before, "
+        f"`{meta['command']}` at commit {meta['commit']}; torch {meta['torch']}, {meta['cpu_model']}, "
+        f"{meta['cpu_count']} CPUs, {meta['threads']} threads, load average {', '.join(f'{x:.1f}' for x in meta['load_before'])} before, "
         f"{', '.join(f'{x:.1f}' for x in meta['load_after'])} after.",
         "ReformerLM, random weights, d_model 256, 4 heads, d_ff 1024, LSH with 4 hashes and chunks of 64, "
         "axial positions, batch 1, eval mode. Time per new token: median gap between tokens after the first, "
@@ -96,20 +95,15 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=str(RESULTS / "reformer_generation"))
     args = p.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    meta = {
-        "command": " ".join(["python", *sys.argv]), "commit": commit, "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "threads": torch.get_num_threads(),
-        "repeats": args.repeats, "load_before": os.getloadavg(),
-    }
+    meta = {**provenance(__file__, sys.argv[1:] if argv is None else argv), "threads": torch.get_num_threads(),
+            "repeats": args.repeats}
     rows = []
     for layers in args.layers:
         rows.append(measure(layers, args))
         r = rows[-1]
         print(f"{layers} layer(s): cached {1000 * r['cached_s_per_token']:.1f} ms/token, re-run "
               f"{1000 * r['rerun_s_per_token']:.0f} ms/token ({r['speedup']:.0f}x)", flush=True)
-    meta["load_after"] = os.getloadavg()
+    meta["load_after"] = list(os.getloadavg())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -16,13 +16,13 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from attnkit.bench import git_commit
 from attnkit.runs import RunConfig, evaluate_run, load_run, resume_run, train_run
 
 PAPER = {  # Table 2 of the paper: trained with (rows) x evaluated with (columns), accuracy in %
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
         t.setdefault("commit", old.get("commit"))
         t.setdefault("load_average", old.get("load_average"))
         t.setdefault("budget_minutes", old.get("minutes_per_model"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit(Path(__file__).parent)
     for row in args.rows:
         started = time.time()
         log = lambda s: print(s, flush=True)  # noqa: E731

@@ -140,10 +140,12 @@ def main(argv=None) -> None:
     if not args.replot:
         import torch
 
+        from attnkit.bench import git_commit
+
         results["meta"] = {"torch": torch.__version__, "python": platform.python_version(),
                            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
                            "minutes": args.minutes, "tokens_per_batch": args.tokens_per_batch}
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = git_commit(Path(__file__).parent)
         for context in args.contexts:
             for model in args.models:
                 r = run_one(model, context, args)

@@ -66,7 +66,9 @@ def test_provenance_fields():
     assert meta["command"].endswith("lsh_attention.py --lengths 256")
     assert meta["commit"]
     assert meta["torch"] != "not installed"
-    assert bench.version("surely-not-an-installed-distribution") == "not installed"
+    from attnkit.bench import version
+
+    assert version("surely-not-an-installed-distribution") == "not installed"
     assert len(meta["load_before"]) == 3 and meta["cpu_count"] >= 1 and meta["cpu_model"]
 
 
