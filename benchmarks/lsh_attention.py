@@ -185,9 +185,9 @@ def provenance(argv: list[str]) -> dict:
 
 
 def fmt_time(r: dict) -> str:
-    """Median and min-max range of the timed steps, e.g. "2.85 (2.80-2.91)"."""
+    """Median and min-max range of the timed steps, three significant digits: "2.85 (2.80-2.91)", "0.0412 (...)"."""
     times = r.get("times_s") or [r["time_s"]]
-    return f"{r['time_s']:.2f} ({min(times):.2f}-{max(times):.2f})"
+    return f"{r['time_s']:.3g} ({min(times):.3g}-{max(times):.3g})"
 
 
 def fmt_load(loads: list[float] | None) -> str:

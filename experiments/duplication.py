@@ -126,7 +126,7 @@ def plot(results: dict, path: Path) -> None:
     for row, t in results["trained"].items():
         if t["curve"]:
             budget = t.get("budget_minutes", t["minutes"])
-            ax.plot(*zip(*t["curve"]), marker="o", markersize=3, label=f"{row} ({t['steps']} steps, {budget:g} min)")
+            ax.plot(*zip(*t["curve"]), marker="o", markersize=3, label=f"{row} ({t['steps']} steps, {budget:.3g} min)")
     ax.axhline(math.log(127), color="grey", linestyle=":", label="uniform guess (ln 127)")
     ax.set_xlabel("training step")
     ax.set_ylabel("held-out loss on the second copy (nats)")
@@ -155,7 +155,7 @@ def markdown(results: dict) -> str:
             paper = results["paper"].get(row, {}).get(c)
             cells.append(ours + (f" ({paper})" if paper is not None else ""))
         t = trained[row]
-        lines.append(f"| {row} | {t.get('budget_minutes', meta.get('minutes_per_model', 0)):g} | {t['steps']} | "
+        lines.append(f"| {row} | {t.get('budget_minutes', meta.get('minutes_per_model', 0)):.3g} | {t['steps']} | "
                      + " | ".join(cells) + " |")
     lines += ["", "Full = one chunk spanning the sequence (exact shared-QK attention); local = one bucket, so each "
               "chunk attends to itself and the chunk before (a window of two chunks). A random guess scores "
