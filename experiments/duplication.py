@@ -38,6 +38,9 @@ def main(argv=None) -> dict:
     p.add_argument("--minutes", type=float, default=8.0, help="training budget per model")
     p.add_argument("--length", type=int, default=1024, help="sequence length (|w| = length / 2 - 1)")
     p.add_argument("--chunk", type=int, default=64, help="LSH chunk width (bucket_size)")
+    p.add_argument("--batch", type=int, default=16, help="sequences per training step")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's choice); rows run side by side use one each")
     p.add_argument("--rows", nargs="+", default=["full", "lsh-1", "lsh-2", "lsh-4", "local"])
     p.add_argument("--out", default="runs/duplication")
     p.add_argument("--results", default=str(Path(__file__).with_name("results") / "duplication"))
@@ -45,6 +48,8 @@ def main(argv=None) -> dict:
     p.add_argument("--resume", action="store_true",
                    help="train the rows' existing runs --minutes more (from their last checkpoint) instead of anew")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.replot:
         results = json.loads(Path(args.results).with_suffix(".json").read_text())
         Path(args.results).with_suffix(".md").write_text(markdown(results))
@@ -58,6 +63,7 @@ def main(argv=None) -> dict:
                  **{f"lsh-{k}": dict(bucket_size=args.chunk, n_hashes=k) for k in (8, 4, 2, 1)},
                  "local": dict(bucket_size=args.chunk, n_buckets=1, n_hashes=1)}
     base = [f"data.context={args.length}", f"model.bucket_size={args.chunk}", f"train.minutes={args.minutes}",
+            f"data.batch_size={args.batch}", f"data.eval_batches={max(1, 64 // args.batch)}",  # 64 held-out sequences
             "train.progress=false", "train.checkpoint_every=100"]
     out = Path(args.results)
     # Rows already measured (possibly by other commands, at other budgets) stay; the rows run now replace theirs.
@@ -84,7 +90,8 @@ def main(argv=None) -> dict:
             budget = args.minutes
         records = result.folder.read_metrics()
         trained[row] = {"steps": result.summary["step"], "minutes": result.summary["elapsed_s"] / 60,
-                        "budget_minutes": budget, "commit": commit,
+                        "budget_minutes": budget, "commit": commit, "batch": args.batch,
+                        "threads": torch.get_num_threads(),
                         "command": " ".join([Path(sys.executable).name, *sys.argv]),
                         "load_average": os.getloadavg(),  # at the end of its training
                         "curve": [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]}
@@ -104,6 +111,10 @@ def main(argv=None) -> dict:
         "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
         "length": args.length, "chunk": args.chunk,
     }
+    if out.with_suffix(".json").exists():  # rows finished meanwhile by another process stay
+        latest = json.loads(out.with_suffix(".json").read_text())
+        trained = {**latest.get("trained", {}), **{r: trained[r] for r in args.rows}}
+        grid = {**latest.get("accuracy", {}), **{r: grid[r] for r in args.rows}}
     order = [r for r in ("full", "lsh-1", "lsh-2", "lsh-4", "local") if r in grid]
     results = {"meta": meta, "trained": {r: trained[r] for r in order}, "accuracy": {r: grid[r] for r in order},
                "paper": PAPER}
@@ -143,7 +154,8 @@ def markdown(results: dict) -> str:
         "# Duplication task (Reformer paper, Table 2)", "",
         f"torch {meta['torch']}, {meta['cpus']} CPUs ({meta['threads']} threads). Length {meta['length']} "
         f"(|w| = {meta['length'] // 2 - 1}), chunk {meta['chunk']}, one layer, d_model = d_ff = 256, 4 heads, learned "
-        "positions, batch 16, Adam 1e-3, each model trained for a wall-clock budget on this CPU. Accuracy (%) on the "
+        "positions, Adam 1e-3, each model trained for a wall-clock budget on this CPU (batch and threads per row "
+        "below). Accuracy (%) on the "
         "second copy of 64 held-out sequences; attnkit (paper in brackets).", "",
         "| trained \\ evaluated | budget (min) | steps | " + " | ".join(cols) + " |",
         "|---|---|---|" + "---|" * len(cols),
@@ -163,8 +175,9 @@ def markdown(results: dict) -> str:
     for row, t in trained.items():
         load = ", ".join(f"{x:.1f}" for x in t.get("load_average", meta.get("load_average")))
         command, commit = t.get("command", meta.get("command")), t.get("commit", meta.get("commit"))
-        lines.append(f"- {row}: `{command}` at commit {commit}, {t['minutes']:.1f} min of training, "
-                     f"load average {load} at its end")
+        threads = t.get("threads", meta["threads"])
+        lines.append(f"- {row}: `{command}` at commit {commit}, {t['minutes']:.1f} min of training, batch "
+                     f"{t.get('batch', 16)}, {threads} threads, load average {load} at its end")
     return "\n".join(lines) + "\n"
 
 
