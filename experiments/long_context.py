@@ -32,8 +32,12 @@ RESULTS = Path(__file__).with_name("results") / "long_context"
 
 def child(args) -> None:
     """Train and evaluate one (model, context) run; print one JSON line."""
+    import torch
+
     from attnkit.runs import RunConfig, evaluate_run, load_run, train_run
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     batch = max(1, args.tokens_per_batch // args.context)
     sets = [f"data.context={args.context}", f"data.batch_size={batch}", f"train.minutes={args.minutes}",
             "train.max_steps=1000000", "train.progress=false", "train.eval_every=1000000",
@@ -48,6 +52,7 @@ def child(args) -> None:
     score = evaluate_run(load_run(args.run_dir), max_tokens=args.eval_bytes)
     print(json.dumps({
         "model": args.model, "context": args.context, "batch_size": batch, "steps": steps,
+        "threads": torch.get_num_threads(),
         "train_minutes": result.summary["elapsed_s"] / 60, "s_per_step": result.summary["elapsed_s"] / max(steps, 1),
         "bits_per_byte": score.metrics["bits_per_token"], "eval_bytes": score.metrics["tokens"],
         "wall_minutes": (time.time() - started) / 60, "train_wall_minutes": trained_s / 60,
@@ -59,7 +64,8 @@ def child(args) -> None:
 def run_one(model: str, context: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", model, "--context", str(context),
            "--minutes", str(args.minutes), "--tokens-per-batch", str(args.tokens_per_batch),
-           "--eval-bytes", str(args.eval_bytes), "--run-dir", str(Path(args.out) / f"{model}-{context}")]
+           "--eval-bytes", str(args.eval_bytes), *(["--threads", str(args.threads)] if args.threads else []),
+           "--run-dir", str(Path(args.out) / f"{model}-{context}")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     load = os.getloadavg()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -84,7 +90,7 @@ def markdown(results: dict) -> str:
         "|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in sorted(results["runs"].values(), key=lambda r: (r["context"], r["model"])):
-        how = f"`{r['command']}` at {r['commit']}, load {r['load_before'][0]:.1f}"
+        how = f"`{r['command']}` at {r['commit']}, {r.get('threads', '?')} threads, load {r['load_before'][0]:.1f}"
         if "error" in r:
             lines.append(f"| {r['context']:,} | {r['model']} | - | - | failed: {r['error']} | - | {how} |")
             continue
@@ -125,6 +131,8 @@ def main(argv=None) -> None:
     p.add_argument("--tokens-per-batch", type=int, default=8192)
     p.add_argument("--eval-bytes", type=int, default=150_000, help="held-out bytes scored (the start of the books)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds per run, training and evaluation")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: torch's choice); runs side by side use one each")
     p.add_argument("--out", default="runs/long_context")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--replot", action="store_true")
@@ -146,11 +154,15 @@ def main(argv=None) -> None:
                            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
                            "minutes": args.minutes, "tokens_per_batch": args.tokens_per_batch}
         commit = git_commit(Path(__file__).parent)
+        mine = {}  # the runs made by this process
         for context in args.contexts:
             for model in args.models:
                 r = run_one(model, context, args)
                 r.update(command=" ".join(["python", *sys.argv]), commit=commit)
-                results["runs"][f"{model}-{context}"] = r
+                mine[f"{model}-{context}"] = r
+                if out.with_suffix(".json").exists():  # runs finished meanwhile by another process stay
+                    results["runs"] = json.loads(out.with_suffix(".json").read_text())["runs"]
+                results["runs"].update(mine)
                 shown = r.get("error") or (f"{r['steps']} steps, {r['bits_per_byte']:.3f} bits/byte, "
                                            f"{r['peak_rss_gib']:.2f} GiB")
                 print(f"{model} at {context:,}: {shown}", flush=True)
