@@ -445,3 +445,40 @@ def test_no_import_cycles():
             assert not any(t.startswith("attnkit.functional") for t in targets), (name, targets)
         if name.startswith("attnkit.models"):
             assert not any(t.startswith("attnkit.interop") for t in targets), (name, targets)
+
+
+def test_target_word_dropout_drops_whole_embeddings_in_training_only():
+    model = tiny_seq2seq(word_dropout=0.5, positional="none")
+    emb = model.tgt_embed
+    tokens = torch.randint(0, 50, (64, 50))
+    plain = emb.token(tokens) * emb.scale
+    assert torch.equal(emb(tokens), plain)  # eval mode: nothing dropped
+    emb.train()
+    torch.manual_seed(1)
+    out = emb(tokens)
+    zero = (out == 0).all(-1)  # (B, T): whole vectors, never single features
+    assert 0.45 < zero.float().mean() < 0.55
+    assert torch.allclose(out[~zero], 2 * plain[~zero])  # the kept words scaled by 1 / (1 - p)
+    assert ((out == 0).any(-1) == zero).all()
+    with pytest.raises(ValueError, match="word_dropout"):
+        TransformerConfig(word_dropout=1.0)
+
+
+def test_decoder_layer_drop_skips_whole_layers_in_training_only():
+    model = tiny_seq2seq(decoder_layer_drop=0.5)
+    src, tgt = torch.randint(0, 40, (2, 7)), torch.randint(0, 50, (2, 5))
+    memory = model.encode(src)
+    ref, cache = model.decode(tgt, memory)
+    assert cache is not None and torch.equal(model.decode(tgt, memory)[0], ref)  # eval: every layer runs
+    # With no decoder layer, the decoder is the embedding, the final norm and the projection.
+    bare = model.out_proj(model.decoder_norm(model.tgt_embed(tgt)))
+    model.train()
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(40):
+        out, cache = model.decode(tgt, memory)
+        seen.add("none" if torch.allclose(out, bare) else "full" if torch.allclose(out, ref) else "some")
+        assert cache is None or torch.allclose(out, ref)  # a cache only when no layer was skipped
+    assert seen == {"none", "full", "some"}
+    with pytest.raises(ValueError, match="decoder_layer_drop"):
+        TransformerConfig(decoder_layer_drop=-0.1)

@@ -54,7 +54,9 @@ class Embeddings(nn.Module):
     ``positional``: "sinusoidal", "learned", "axial" (the Reformer's, laid out on ``axial_shape``,
     default near-square for ``max_len``), "rotary" or "none"; rotary and "none" add nothing here
     (rotary acts inside attention). ``scale`` multiplies token embeddings by sqrt(d_model), as in the
-    Transformer paper.
+    Transformer paper. ``word_dropout``: in training, each token's embedding is dropped whole (set to
+    zero, the others scaled by 1 / (1 - p)) with this probability, its position kept (Gal & Ghahramani
+    2016; on the target side, Sennrich & Zhang 2019 for low-resource translation).
     """
 
     def __init__(
@@ -70,10 +72,14 @@ class Embeddings(nn.Module):
         norm: str | None = None,
         norm_eps: float = 1e-5,
         axial_shape: tuple[int, int] | None = None,
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         if positional not in EMBEDDING_POSITIONALS:
             raise ValueError(f"positional must be one of {EMBEDDING_POSITIONALS}, got {positional!r}")
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout!r}")
+        self.word_dropout = word_dropout
         self.vocab_size, self.max_len = vocab_size, max_len
         self.token = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.token.weight, std=d_model**-0.5 if scale else 0.02)
@@ -95,7 +101,10 @@ class Embeddings(nn.Module):
                 f"sequence reaches position {offset + T}, beyond max_len={self.max_len}; "
                 "shorten the input or raise max_len in the config"
             )
-        x = self.token(tokens) * self.scale
+        x = self.token(tokens) * self.scale  # (B, T, d_model)
+        if self.training and self.word_dropout > 0:
+            keep = torch.rand(tokens.shape, device=x.device) >= self.word_dropout  # (B, T): whole words
+            x = x * keep.unsqueeze(-1).to(x.dtype) / (1.0 - self.word_dropout)
         if self.position is not None:
             x = x + self.position(torch.arange(offset, offset + T, device=tokens.device)).to(x.dtype)
         if self.token_type is not None:
@@ -123,13 +132,23 @@ def cache_length(cache: LMCache | None) -> int:
     return 0 if cache is None else cache.length
 
 
-def run_blocks(blocks: nn.ModuleList, x: Tensor, cache: LMCache | None = None, **kwargs) -> tuple[Tensor, LMCache]:
-    """Apply the blocks in order, threading each one's cache; ``kwargs`` go to every block."""
-    new = []
+def run_blocks(
+    blocks: nn.ModuleList, x: Tensor, cache: LMCache | None = None, layer_drop: float = 0.0, **kwargs
+) -> tuple[Tensor, LMCache | None]:
+    """Apply the blocks in order, threading each one's cache; ``kwargs`` go to every block.
+
+    ``layer_drop``: in training (blocks in train mode, no cache), each block is skipped for the whole
+    batch with this probability (LayerDrop, Fan et al. 2019); the cache returned is then None, since
+    the skipped blocks have none.
+    """
+    new, dropping = [], layer_drop > 0 and cache is None and blocks.training
     for i, block in enumerate(blocks):
+        if dropping and float(torch.rand(())) < layer_drop:
+            new.append(None)
+            continue
         x, layer = block(x, cache=None if cache is None else cache.layers[i], **kwargs)
         new.append(layer)
-    return x, LMCache(tuple(new))
+    return x, (None if None in new else LMCache(tuple(new)))
 
 
 def make_blocks(n_layers: int, **block_args) -> nn.ModuleList:

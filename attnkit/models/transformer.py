@@ -54,13 +54,15 @@ class TransformerConfig(Config):
     share_embeddings: bool = False  # one embedding for source and target (needs one vocabulary)
     tie_embeddings: bool = True  # the output projection is the target embedding (paper, section 3.4)
     pad_id: int | None = None  # if set, padding masks are derived from the tokens
+    word_dropout: float = 0.0  # target token embeddings dropped whole in training
+    decoder_layer_drop: float = 0.0  # decoder layers skipped in training (LayerDrop)
 
     def __post_init__(self):
         check_positive(self, "src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_len")
         if self.n_decoder_layers is not None:
             check_positive(self, "n_decoder_layers")
         check_heads(self)
-        check_dropout(self, "dropout")
+        check_dropout(self, "dropout", "word_dropout", "decoder_layer_drop")
         check_choice(self, "positional", POSITIONALS)
         check_choice(self, "activation", ACTIVATIONS)
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
@@ -96,7 +98,7 @@ class Transformer(nn.Module):
         c = self.config = config
         emb = dict(d_model=c.d_model, max_len=c.max_len, positional=c.positional, dropout=c.dropout, scale=True)
         self.src_embed = Embeddings(c.src_vocab_size, **emb)
-        self.tgt_embed = Embeddings(c.tgt_vocab_size, **emb)
+        self.tgt_embed = Embeddings(c.tgt_vocab_size, word_dropout=c.word_dropout, **emb)
         if c.share_embeddings:
             self.tgt_embed.token = self.src_embed.token
         block = dict(
@@ -133,7 +135,7 @@ class Transformer(nn.Module):
         tgt_key_mask: Tensor | None = None,
         cache: LMCache | None = None,
         src: Tensor | None = None,
-    ) -> tuple[Tensor, LMCache]:
+    ) -> tuple[Tensor, LMCache | None]:
         """tgt (B, T) after the cached positions, memory (B, S, d_model) -> (logits (B, T, V), cache).
 
         ``src_key_mask`` (B, S) marks the real source positions (or pass ``src`` with ``pad_id`` set);
@@ -150,7 +152,8 @@ class Transformer(nn.Module):
             tgt_attn = key_to_attn_mask(resolve_key_mask(tgt, tgt_key_mask, self.config.pad_id, "tgt_key_mask"))
         x = self.tgt_embed(tgt, offset=cache_length(cache))
         x, cache = run_blocks(
-            self.decoder, x, cache, attn_mask=tgt_attn, context=memory, context_attn_mask=key_to_attn_mask(src_key_mask)
+            self.decoder, x, cache, layer_drop=self.config.decoder_layer_drop, attn_mask=tgt_attn, context=memory,
+            context_attn_mask=key_to_attn_mask(src_key_mask),
         )
         return self.out_proj(self.decoder_norm(x)), cache
 
