@@ -264,7 +264,8 @@ def cmd_eval(args) -> int:
     from .runs import evaluate_run
 
     print(evaluate_run(args.run, max_tokens=args.max_tokens, beam_size=args.beam_size, limit=args.limit,
-                       show=args.show, n_hashes=args.n_hashes, bucket_size=args.bucket_size,
+                       show=args.show, length_penalty=args.length_penalty, test_corpus=args.test_corpus,
+                       n_hashes=args.n_hashes, bucket_size=args.bucket_size,
                        n_buckets=args.n_buckets).report())
     return 0
 
@@ -413,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--beam-size", type=_integer(1), default=4, help="translation: beam width")
     e.add_argument("--limit", type=_integer(1), default=None, help="translation: score the first N test sentences")
     e.add_argument("--show", type=_integer(0), default=5, help="translation: print N examples")
+    e.add_argument("--length-penalty", type=float, default=1.0,
+                   help="translation: beam scores divided by length ** this (0: none)")
+    e.add_argument("--test-corpus", help="translation: score on this parallel corpus's test set (default: the run's)")
     e.add_argument("--max-tokens", type=_integer(1), default=None, help="text runs: score the first N held-out tokens")
     e.add_argument("--n-hashes", type=_integer(1), help="LSH layers: evaluate with this many hash rounds")
     e.add_argument("--bucket-size", type=_integer(1),

@@ -132,6 +132,12 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
         code, ev, _ = run_cli("eval", str(run), "--limit", "6", "--beam-size", "1", "--show", "2")
         assert code == 0 and number_after("test sentences:", ev) == 6 and 0 <= number_after("chrF", ev) <= 100
         assert ev.count("reference:") == 2
+        code, ev, err = run_cli("eval", str(run), "--limit", "4", "--beam-size", "2", "--show", "1",
+                                "--test-corpus", "es-en-bible", "--length-penalty", "0.6")
+        assert code == 0 and ev.startswith("es-en-bible test sentences: 4;") and "length penalty 0.6)" in ev, err
+        assert ev.count("reference:") == 1
+        code, _, err = run_cli("eval", str(run), "--test-corpus", "kjv")
+        assert code == 2 and "test corpus 'kjv' is not a parallel corpus" in err
         code, _, err = run_cli("generate", str(run), "--prompt", "Das")
         assert code == 2 and "translation model: use `attnkit translate`" in err
         picture = run / "alignment.png"

@@ -22,10 +22,12 @@ from ..errors import UsageError
 
 @dataclass
 class Evaluation:
-    """A held-out score: ``metrics`` (numbers, for programs) and ``lines`` (the report, for people)."""
+    """A held-out score: ``metrics`` (numbers, for programs), ``lines`` (the report, for people) and
+    ``examples`` (translation: the shown (source, hypothesis, references) triples)."""
 
     metrics: dict[str, float]
     lines: list[str] = field(default_factory=list)
+    examples: list[tuple[str, str, list[str]]] = field(default_factory=list)
 
     def report(self) -> str:
         return "\n".join(self.lines)
@@ -258,22 +260,28 @@ class TranslationKind(TaskKind):
         )
 
     def evaluate(self, model, tokenizer, data, *, beam_size: int = 4, limit: int | None = None, show: int = 5,
-                 **_) -> Evaluation:
+                 length_penalty: float = 1.0, test_corpus: str | None = None, **_) -> Evaluation:
         """sacreBLEU and chrF on the test pairs, each source translated once and scored against all its
-        references; ``show`` examples spread evenly over the test set (every len/show-th source)."""
+        references; ``show`` examples spread evenly over the test set (every len/show-th source).
+        ``test_corpus``: score on another parallel corpus's test set (a ``de-en-all`` model on ``de-en``
+        and on ``de-en-descriptions``), with the run's tokenizer."""
         from ..data.translation import references_by_source
         from ..evaluation import bleu_chrf, translate
 
-        refs = references_by_source(_pairs(data.corpus)["test"])
+        corpus = data.corpus if test_corpus is None else test_corpus
+        if corpus not in PAIR_CORPORA:
+            raise UsageError(f"test corpus {corpus!r} is not a parallel corpus ({', '.join(PAIR_CORPORA)})")
+        refs = references_by_source(_pairs(corpus)["test"])
         sources = list(refs)[: limit or None]
-        hyps = translate(model, tokenizer, sources, beam_size=beam_size)
+        hyps = translate(model, tokenizer, sources, beam_size=beam_size, length_penalty=length_penalty)
         scores = bleu_chrf(hyps, [refs[s] for s in sources])
-        lines = [f"test sentences: {len(sources)}; BLEU {scores['bleu']:.1f}; chrF {scores['chrf']:.1f} "
-                 f"(sacreBLEU, beam {beam_size})"]
+        lines = [f"{corpus} test sentences: {len(sources)}; BLEU {scores['bleu']:.1f}; chrF {scores['chrf']:.1f} "
+                 f"(sacreBLEU, beam {beam_size}, length penalty {length_penalty:g})"]
         step = max(1, len(sources) // max(show, 1))
-        for i in range(0, len(sources), step)[:show]:
-            lines += [f"  {sources[i]}", f"    -> {hyps[i]}", f"    reference: {refs[sources[i]][0]}"]
-        return Evaluation({**scores, "sentences": len(sources)}, lines)
+        examples = [(sources[i], hyps[i], refs[sources[i]]) for i in range(0, len(sources), step)[:show]]
+        for source, hyp, ref in examples:
+            lines += [f"  {source}", f"    -> {hyp}", f"    reference: {ref[0]}"]
+        return Evaluation({**scores, "sentences": len(sources)}, lines, examples)
 
 
 KINDS: dict[str, TaskKind] = {k.name: k for k in (LanguageModelKind(), MaskedLMKind(), TranslationKind())}
