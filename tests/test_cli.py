@@ -13,6 +13,7 @@ import pytest
 import attnkit.runs
 from attnkit.cli import main
 from attnkit.runs import presets
+from attnkit.train import RunFolder
 
 TEXT = "In the beginning God created the heaven and the earth. And the earth was without form. " * 60
 
@@ -26,7 +27,7 @@ TINY_MODEL = {
 }
 TINY_DATA = {"lm": ["context=64", "batch_size=2", "eval_batches=1"],
              "mlm": ["context=64", "batch_size=2", "eval_batches=1"],
-             "seq2seq": ["vocab_size=300", "batch_size=8", "max_len=16"]}
+             "seq2seq": ["vocab_size=300", "batch_size=8", "max_len=16", "valid_bleu_sentences=4"]}
 TINY_TRAIN = ["max_steps=3", "minutes=0", "warmup_steps=1", "eval_every=3", "checkpoint_every=3", "progress=false"]
 
 
@@ -127,6 +128,9 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
         code, out, _ = run_cli("attention", str(run), "--text", "And God", "--out", str(picture), "--heads", "1")
         assert code == 0 and "(attention layers: 1; heads: 1; tokens: 7)" in out and picture.stat().st_size > 1000
     else:
+        evals = [r for r in RunFolder(run).read_metrics() if "eval_loss" in r]
+        assert evals and all(0 <= r["valid_bleu"] <= 100 and 0 <= r["valid_chrf"] <= 100 for r in evals)
+        assert all(r["elapsed_s"] > 0 for r in evals)  # validation BLEU against training time
         code, tr, _ = run_cli("translate", str(run), "Das ist gut.", "Wie spät ist es?", "--beam-size", "2")
         assert code == 0 and tr.count("\n  -> ") == 2 and tr.startswith("Das ist gut.\n  -> ")
         code, ev, _ = run_cli("eval", str(run), "--limit", "6", "--beam-size", "1", "--show", "2")

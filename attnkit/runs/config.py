@@ -44,7 +44,9 @@ class DataConfig(Config):
     ``corpus`` names a corpus of :mod:`attnkit.data.corpora` (or a text file); ``tokenizer`` a
     tokenizer of :data:`attnkit.data.TOKENIZERS`, with ``vocab_size`` entries where it is trained
     (subwords). Language models read windows of ``context`` tokens; translation models cut sentences
-    to ``max_len`` tokens. ``eval_batches`` batches of held-out data are scored during training.
+    to ``max_len`` tokens. ``eval_batches`` batches of held-out data are scored during training;
+    translation runs also translate their first ``valid_bleu_sentences`` validation sources (greedy) at
+    each evaluation and log BLEU and chrF on them (0: none), for curves of BLEU against training time.
     """
 
     corpus: str = "kjv"
@@ -54,6 +56,7 @@ class DataConfig(Config):
     batch_size: int = 32
     max_len: int = 128
     eval_batches: int = 20
+    valid_bleu_sentences: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -62,6 +65,8 @@ class DataConfig(Config):
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"DataConfig.tokenizer must be one of {tuple(TOKENIZERS)}, got {self.tokenizer!r}")
         check_positive(self, "vocab_size", "context", "batch_size", "max_len", "eval_batches")
+        if self.valid_bleu_sentences < 0:
+            raise ValueError(f"DataConfig.valid_bleu_sentences must be >= 0, got {self.valid_bleu_sentences}")
 
 
 @dataclass

@@ -257,7 +257,26 @@ class TranslationKind(TaskKind):
             self._encode(splits["train"], tokenizer), self._encode(splits["validation"], tokenizer),
             pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
             batch_size=data.batch_size, seed=data.seed, max_len=data.max_len,
+            scorer=self._valid_scorer(splits["validation"], tokenizer, data.valid_bleu_sentences),
         )
+
+    @staticmethod
+    def _valid_scorer(pairs, tokenizer, n: int):
+        """``model -> {"valid_bleu", "valid_chrf"}`` on the first ``n`` validation sources (greedy, all
+        their references), or None for n = 0."""
+        from ..data.translation import references_by_source
+        from ..evaluation import bleu_chrf, translate
+
+        if not n:
+            return None
+        refs = references_by_source(pairs)
+        sources = list(refs)[:n]
+
+        def score(model):
+            scores = bleu_chrf(translate(model, tokenizer, sources), [refs[s] for s in sources])
+            return {"valid_bleu": scores["bleu"], "valid_chrf": scores["chrf"]}
+
+        return score
 
     def evaluate(self, model, tokenizer, data, *, beam_size: int = 4, limit: int | None = None, show: int = 5,
                  length_penalty: float = 1.0, test_corpus: str | None = None, **_) -> Evaluation:

@@ -3,15 +3,16 @@
 A task gives the trainer three things (the :class:`Task` protocol): ``batch(i)``, a pure function of
 ``i`` and the task's seed (so a resumed run sees exactly the batches it would have seen);
 ``eval_batches()``, the held-out batches; and ``loss(model, batch) -> TokenLoss(sum, count)``, the
-summed token loss and the number of tokens it counts. A model that computes its own loss
-(``owns_loss = True``, e.g. ReformerLM's chunked loss that never holds the whole logits) is trained
-through it: the task passes the targets to the model's forward.
+summed token loss and the number of tokens it counts. A task may also have ``scores(model) -> dict``:
+held-out figures other than the loss (BLEU for translation), logged with each evaluation. A model
+that computes its own loss (``owns_loss = True``, e.g. ReformerLM's chunked loss that never holds the
+whole logits) is trained through it: the task passes the targets to the model's forward.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -137,15 +138,18 @@ class Seq2SeqTask:
         pad_id, bos_id, eos_id: special ids; targets are ``bos + tgt`` -> ``tgt + eos``.
         batch_size: pairs per batch (the global batch when distributed).
         max_len: longer sequences are cut to this many tokens.
+        scorer: ``model -> {name: value}``, held-out figures logged at each evaluation (e.g. BLEU).
     """
 
     def __init__(self, train: Sequence[tuple[list[int], list[int]]], valid: Sequence[tuple[list[int], list[int]]],
-                 *, pad_id: int, bos_id: int, eos_id: int, batch_size: int, seed: int = 0, max_len: int = 128):
+                 *, pad_id: int, bos_id: int, eos_id: int, batch_size: int, seed: int = 0, max_len: int = 128,
+                 scorer: Callable[[torch.nn.Module], dict[str, float]] | None = None):
         if not train:
             raise ValueError("train holds no pairs")
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.batch_size, self.seed, self.max_len = batch_size, seed, max_len
         self.train, self.valid = list(train), list(valid)
+        self.scorer = scorer
         # Batches of similar length, formed once; their order is shuffled per epoch from the seed, so
         # batch(i) depends on i alone.
         lengths = [max(len(s), len(t)) for s, t in self.train]
@@ -170,6 +174,9 @@ class Seq2SeqTask:
     def eval_batches(self):
         for i in range(0, len(self.valid), self.batch_size):
             yield self.collate(self.valid[i : i + self.batch_size])
+
+    def scores(self, model) -> dict[str, float]:
+        return {} if self.scorer is None else self.scorer(model)
 
     def loss(self, model, batch, *, label_smoothing: float = 0.0) -> TokenLoss:
         src, tgt_in, tgt_out = batch

@@ -209,7 +209,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean per-token loss over the task's evaluation batches (bits per token too)."""
+        """Mean per-token loss over the task's evaluation batches (bits per token too), and the task's
+        own ``scores`` if it has them (in one process; skipped under ``torchrun``)."""
         model = self.model
         was_training = model.training
         model.eval()
@@ -220,9 +221,10 @@ class Trainer:
             total += float(loss.sum)
             count += int(loss.count)
         total, count = self._sum_over_ranks(total, count)
+        scores = self.task.scores(_unwrap(model)) if hasattr(self.task, "scores") and self.world == 1 else {}
         model.train(was_training)
         loss = total / max(count, 1)
-        return {"eval_loss": loss, "eval_bits_per_token": loss / math.log(2), "eval_tokens": int(count)}
+        return {"eval_loss": loss, "eval_bits_per_token": loss / math.log(2), "eval_tokens": int(count), **scores}
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -260,13 +262,14 @@ class Trainer:
         loss_value, tokens = self._sum_over_ranks(loss_sum / c.accumulate, tokens)
         return loss_value / self.world, int(tokens)  # the global batch's loss, not this rank's share
 
-    def _maybe_evaluate(self, bar) -> bool:
-        """Evaluate when due; True when early stopping says to stop."""
+    def _maybe_evaluate(self, bar, elapsed: float) -> bool:
+        """Evaluate when due (``elapsed``: the training time so far, logged with it); True when early
+        stopping says to stop."""
         c = self.config
         if self.step % c.eval_every and self.step != c.max_steps:
             return False
         metrics = self.evaluate()
-        self._log({"step": self.step, **metrics})
+        self._log({"step": self.step, **metrics, "elapsed_s": elapsed})
         if bar is not None:
             bar.write(f"step {self.step}: eval loss {metrics['eval_loss']:.4f}")
         if metrics["eval_loss"] < self.state["best_eval_loss"]:
@@ -306,7 +309,7 @@ class Trainer:
                 record["tokens_per_s"] = tokens_seen / max(now - last_log, 1e-9)
                 tokens_seen, last_log = 0, now
             self._log(record)
-            stop = self._maybe_evaluate(bar)
+            stop = self._maybe_evaluate(bar, elapsed_before + time.time() - start)
             if stop:
                 stop_reason = "early_stopping"
             (elapsed,) = self._from_rank0(elapsed_before + time.time() - start)
