@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="sword-text-kjv trans-de-en wordnet-base sword-text-web sword-text-sparv lz4"
+APT_PACKAGES="sword-text-kjv trans-de-en wordnet-base sword-text-web sword-text-sparv lz4 dict-gcide"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

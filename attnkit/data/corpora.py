@@ -20,10 +20,14 @@ from pathlib import Path
 
 from .bible_pairs import load_es_en
 from .descriptions import load_de_en_all, load_descriptions
+from .english import english_splits
 from .kjv import kjv_splits
 from .translation import load_de_en
 
-TEXT_CORPORA: dict[str, Callable[[], tuple[str, str]]] = {"kjv": kjv_splits}
+TEXT_CORPORA: dict[str, Callable[[], tuple[str, str]]] = {
+    "kjv": kjv_splits,
+    "english": english_splits,  # GCIDE (without its WordNet entries), the KJV, English package descriptions
+}
 PAIR_CORPORA: dict[str, Callable[[], dict]] = {
     "de-en": lambda: load_de_en(),
     "de-en-descriptions": lambda: load_descriptions("de"),  # Debian's package-description translations
