@@ -7,8 +7,10 @@ LSH attention (ReformerLM) against full attention (TransformerLM), the same wall
 
 Each run trains a preset (``kjv_byte_reformer`` or ``kjv_byte_transformer``: 4 layers, d_model 256,
 about 3M parameters each) with ``data.context`` set and the batch set to keep ``--tokens-per-batch``
-tokens per step, in its own process so that its peak memory (peak RSS, GiB) is its own. Whole books are
-held out (Joshua and Romans): bits per byte on them, each model reading windows of its own context.
+tokens per step (one sequence per step beyond that context; the warm-up then spans the same number of
+tokens, 100 steps' worth at the default), in its own process so that its peak memory (peak RSS, GiB)
+is its own. Whole books are held out (Joshua and Romans): bits per byte on them, each model reading
+windows of its own context.
 A run that fails (out of memory) is recorded with its error; one too slow to take more than a few
 steps still reports its time per step. Runs already in the results are kept unless run again.
 Writes experiments/results/long_context.{json,md,png}.
@@ -39,7 +41,9 @@ def child(args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     batch = max(1, args.tokens_per_batch // args.context)
+    warmup = max(1, 100 * args.tokens_per_batch // (batch * args.context))  # over the same tokens at every context
     sets = [f"data.context={args.context}", f"data.batch_size={batch}", f"train.minutes={args.minutes}",
+            f"train.warmup_steps={warmup}",
             "train.max_steps=1000000", "train.progress=false", "train.eval_every=1000000",
             "train.checkpoint_every=1000000", "data.eval_batches=1"]
     if args.model == "reformer":  # chunk the feed-forward and the loss more as sequences grow
@@ -51,7 +55,7 @@ def child(args) -> None:
     steps = result.summary["step"]
     score = evaluate_run(load_run(args.run_dir), max_tokens=args.eval_bytes)
     print(json.dumps({
-        "model": args.model, "context": args.context, "batch_size": batch, "steps": steps,
+        "model": args.model, "context": args.context, "batch_size": batch, "steps": steps, "warmup_steps": warmup,
         "threads": torch.get_num_threads(),
         "train_minutes": result.summary["elapsed_s"] / 60, "s_per_step": result.summary["elapsed_s"] / max(steps, 1),
         "bits_per_byte": score.metrics["bits_per_token"], "eval_bytes": score.metrics["tokens"],
@@ -81,7 +85,8 @@ def markdown(results: dict) -> str:
     lines = [
         "# Long context: LSH attention against full attention on KJV bytes", "",
         f"torch {meta['torch']}, {meta['machine']}. Each run: {meta['minutes']:g} minutes of training on this CPU, "
-        f"{meta['tokens_per_batch']:,} tokens per step (batch = tokens / context), Adam 1e-3; held-out bits per "
+        f"{meta['tokens_per_batch']:,} tokens per step (batch = tokens / context, at least 1; warm-up over the "
+        f"first {100 * meta['tokens_per_batch']:,} tokens), Adam 1e-3; held-out bits per "
         "byte on whole books (Joshua, Romans), each model reading windows of its own context. ReformerLM: "
         "`kjv_byte_reformer` (LSH, 4 hashes, chunks of 64, reversible, axial positions); TransformerLM: "
         "`kjv_byte_transformer` (full causal attention through SDPA, rotary positions). Peak memory: peak RSS of "
