@@ -24,10 +24,15 @@ TINY_MODEL = {
     "ReformerLM": ["d_model=16", "n_heads=2", "n_layers=1", "d_ff=32", "bucket_size=16", "n_hashes=2"],
     "Transformer": ["d_model=16", "n_heads=2", "n_layers=1", "d_ff=32"],
     "RNNSeq2Seq": ["d_embed=16", "d_hidden=16"],
+    "TransformerEncoderForClassification": ["d_model=16", "n_heads=2", "n_layers=1", "d_ff=32"],
+    "BiLMForClassification": ["d_embed=16", "d_hidden=16", "n_layers=1"],
+    "BiLM": ["d_embed=16", "d_hidden=16", "n_layers=1"],
 }
 TINY_DATA = {"lm": ["context=64", "batch_size=2", "eval_batches=1"],
              "mlm": ["context=64", "batch_size=2", "eval_batches=1"],
-             "seq2seq": ["vocab_size=300", "batch_size=8", "max_len=16", "valid_bleu_sentences=4"]}
+             "seq2seq": ["vocab_size=300", "batch_size=8", "max_len=16", "valid_bleu_sentences=4"],
+             "classify": ["vocab_size=300", "batch_size=8", "max_len=32", "eval_batches=1", "train_examples=2000"],
+             "bilm": ["context=64", "batch_size=2", "eval_batches=1"]}
 TINY_TRAIN = ["max_steps=3", "minutes=0", "warmup_steps=1", "eval_every=3", "checkpoint_every=3", "progress=false"]
 
 
@@ -90,7 +95,7 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
     code, info, _ = run_cli("info", str(run))
     assert code == 0 and number_after(f"{model_type} with", info) == n_trained
     resolved = json.loads(info[info.index("{"):])
-    assert resolved["model"]["max_len"] >= resolved["data"]["context"] or kind == "seq2seq"
+    assert resolved["model"]["max_len"] >= resolved["data"]["context"] or kind in ("seq2seq", "classify")
     # ... and so does info on the config with the same overrides
     code, info_cfg, _ = run_cli("info", "--config", name, *tiny_overrides(name))
     assert code == 0 and number_after(f"{model_type} with", info_cfg) == n_trained
@@ -127,6 +132,12 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
         picture = run / "attention.png"
         code, out, _ = run_cli("attention", str(run), "--text", "And God", "--out", str(picture), "--heads", "1")
         assert code == 0 and "(attention layers: 1; heads: 1; tokens: 7)" in out and picture.stat().st_size > 1000
+    elif kind == "classify":
+        assert 0 <= number_after("accuracy", out) <= 100  # the test score printed after training
+        code, ev, _ = run_cli("eval", str(run), "--limit", "20", "--show", "2")
+        assert code == 0 and number_after("test examples:", ev) == 20 and ev.count("(true: ") == 2
+        code, _, err = run_cli("generate", str(run), "--prompt", "a")
+        assert code == 2 and "is a text classifier of wordnet-" in err and "use `attnkit eval`" in err
     else:
         evals = [r for r in RunFolder(run).read_metrics() if "eval_loss" in r]
         assert evals and all(0 <= r["valid_bleu"] <= 100 and 0 <= r["valid_chrf"] <= 100 for r in evals)

@@ -7,7 +7,8 @@
 - :mod:`attnkit.data.tokenizers`: :class:`CharTokenizer`, :class:`ByteTokenizer` and
   :class:`SubwordTokenizer` (BPE, WordPiece, Unigram, GPT-2), all with ``save``/``load``;
   :data:`TOKENIZERS` names them for run configs.
-- :mod:`attnkit.data.corpora`: the corpora run configs name (:data:`TEXT_CORPORA`, :data:`PAIR_CORPORA`).
+- :mod:`attnkit.data.corpora`: the corpora run configs name (:data:`TEXT_CORPORA`, :data:`PAIR_CORPORA`,
+  :data:`CLASSIFICATION_CORPORA`).
 - :mod:`attnkit.data.descriptions`: German-English and French-English pairs from Debian's package-description
   translations; :mod:`attnkit.data.bible_pairs`: Spanish-English verse pairs (Reina-Valera, World English
   Bible). Both are registered in :data:`PAIR_CORPORA`.
@@ -17,7 +18,7 @@
 """
 
 from .batching import pad_sequences, random_windows, token_batches
-from .corpora import PAIR_CORPORA, SYNTHETIC_CORPORA, TEXT_CORPORA, pair_splits, text_splits
+from .corpora import CLASSIFICATION_CORPORA, PAIR_CORPORA, SYNTHETIC_CORPORA, TEXT_CORPORA, pair_splits, text_splits
 from .kjv import VALIDATION_BOOKS, kjv_splits, load_kjv
 from .tokenizers import (
     TOKENIZERS,
@@ -60,6 +61,7 @@ __all__ = [
     "wordnet_lexname_task",
     "wordnet_pos_task",
     "ByteTokenizer",
+    "CLASSIFICATION_CORPORA",
     "CharTokenizer",
     "IdTokenizer",
     "PAIR_CORPORA",

@@ -9,6 +9,10 @@
 - synthetic tasks (:data:`SYNTHETIC_CORPORA`): sequences drawn from a seed, no text; the language-model
   runs build their task from the name (``"duplication"``: the Reformer paper's ``0 w 0 w``, of length
   ``data.context`` over ``data.vocab_size`` symbols, tokenizer ``"ids"``).
+- classification tasks (:data:`CLASSIFICATION_CORPORA`): labelled texts, a function giving the splits
+  ``{"train", "validation", "test"}`` of :class:`~attnkit.data.wordnet.TextClassification`
+  (``"wordnet-pos"``: part of speech from a WordNet gloss, 4 classes; ``"wordnet-lexname"``: its
+  lexicographer file, 45 classes).
 
 A new corpus is a loader plus one entry here.
 """
@@ -23,6 +27,7 @@ from .descriptions import load_de_en_all, load_descriptions
 from .english import english_splits
 from .kjv import kjv_splits
 from .translation import load_de_en
+from .wordnet import wordnet_lexname_task, wordnet_pos_task
 
 TEXT_CORPORA: dict[str, Callable[[], tuple[str, str]]] = {
     "kjv": kjv_splits,
@@ -36,6 +41,10 @@ PAIR_CORPORA: dict[str, Callable[[], dict]] = {
     "de-en-all": lambda: load_de_en_all(),  # de-en + de-en-descriptions for training; test sets per member
 }
 SYNTHETIC_CORPORA = ("duplication",)
+CLASSIFICATION_CORPORA: dict[str, Callable[[], dict]] = {
+    "wordnet-pos": lambda: wordnet_pos_task(),  # Debian wordnet-base; sha1 split of the synsets
+    "wordnet-lexname": lambda: wordnet_lexname_task(),
+}
 HELD_OUT_FRACTION = 0.05
 
 

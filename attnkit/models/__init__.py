@@ -1,5 +1,11 @@
 """Model families, each built from its config dataclass."""
 
+from .classifier import (
+    BiLMClassifierConfig,
+    BiLMForClassification,
+    EncoderClassifierConfig,
+    TransformerEncoderForClassification,
+)
 from .common import LMCache
 from .elmo import BiLM, BiLMClassifier, BiLMConfig, BiLMOutput, ScalarMix
 from .encoder import (
@@ -18,9 +24,12 @@ from .transformer import Transformer, TransformerConfig
 __all__ = [
     "BiLM",
     "BiLMClassifier",
+    "BiLMClassifierConfig",
+    "BiLMForClassification",
     "BiLMConfig",
     "BiLMOutput",
     "ScalarMix",
+    "EncoderClassifierConfig",
     "LMCache",
     "MaskedLMHead",
     "RNNEncoding",
@@ -37,6 +46,7 @@ __all__ = [
     "TransformerConfig",
     "TransformerEncoder",
     "TransformerEncoderConfig",
+    "TransformerEncoderForClassification",
     "TransformerEncoderForMaskedLM",
     "TransformerLM",
     "TransformerLMConfig",

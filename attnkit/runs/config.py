@@ -47,6 +47,9 @@ class DataConfig(Config):
     to ``max_len`` tokens. ``eval_batches`` batches of held-out data are scored during training;
     translation runs also translate their first ``valid_bleu_sentences`` validation sources (greedy) at
     each evaluation and log BLEU and chrF on them (0: none), for curves of BLEU against training time.
+    Classification runs cut texts to ``max_len`` tokens and train on ``train_examples`` examples of the
+    training split (0: all), a seeded sample in which a smaller one is always part of a larger one
+    (:func:`attnkit.train.classification.subsample`), for learning curves of accuracy against data.
     """
 
     corpus: str = "kjv"
@@ -57,6 +60,7 @@ class DataConfig(Config):
     max_len: int = 128
     eval_batches: int = 20
     valid_bleu_sentences: int = 0
+    train_examples: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -67,6 +71,8 @@ class DataConfig(Config):
         check_positive(self, "vocab_size", "context", "batch_size", "max_len", "eval_batches")
         if self.valid_bleu_sentences < 0:
             raise ValueError(f"DataConfig.valid_bleu_sentences must be >= 0, got {self.valid_bleu_sentences}")
+        if self.train_examples < 0:
+            raise ValueError(f"DataConfig.train_examples must be >= 0 (0: all), got {self.train_examples}")
 
 
 @dataclass

@@ -4,6 +4,8 @@ lengths, how it is trained (its :class:`~attnkit.train.Task`) and how it is scor
 - ``lm``: next-token language modelling on a text stream; scored in bits per token; ``generate``.
 - ``mlm``: masked-LM (BERT) on a text stream; scored by masked-token accuracy and loss.
 - ``seq2seq``: translation on a parallel corpus; scored by BLEU and chrF on the test pairs; ``translate``.
+- ``classify``: a label per text (:mod:`attnkit.runs.classify`); scored by test accuracy and macro-F1.
+- ``bilm``: ELMo's bidirectional LM on a text stream (:mod:`attnkit.runs.classify`); scored in bits per token.
 """
 
 from __future__ import annotations
@@ -303,4 +305,8 @@ class TranslationKind(TaskKind):
         return Evaluation({**scores, "sentences": len(sources)}, lines, examples)
 
 
-KINDS: dict[str, TaskKind] = {k.name: k for k in (LanguageModelKind(), MaskedLMKind(), TranslationKind())}
+from .classify import BiLMKind, ClassificationKind  # noqa: E402 (they build on the classes above)
+
+KINDS: dict[str, TaskKind] = {
+    k.name: k for k in (LanguageModelKind(), MaskedLMKind(), TranslationKind(), ClassificationKind(), BiLMKind())
+}

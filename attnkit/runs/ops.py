@@ -31,12 +31,17 @@ def _stderr(message: str) -> None:
 # ---- building ---------------------------------------------------------------------------------
 
 def build_tokenizer(config: RunConfig):
-    """The tokenizer a fresh run of ``config`` trains with (learned from its training text where it learns)."""
+    """The tokenizer a fresh run of ``config`` trains with (learned from its training text where it learns;
+    with ``model.init_from``, the pre-trained model's own, so that token ids agree)."""
     from ..data import TOKENIZERS
 
     data = config.data
     kind = MODELS[config.model_type].kind
     kind.check_data(config.model_type, data)
+    if config.model.get("init_from"):
+        from .classify import pretrained_tokenizer
+
+        return pretrained_tokenizer(config.model["init_from"], data)
     try:
         return TOKENIZERS[data.tokenizer].build(kind.tokenizer_texts(data), data.vocab_size)
     except FileNotFoundError as e:  # files a tokenizer needs (GPT-2's) are not installed
@@ -52,10 +57,16 @@ def resolve_model_config(config: RunConfig, tokenizer):
     return _build("model", spec.config, spec.kind.resolve(spec.config, values, config.data, tokenizer))
 
 
-def build_model(config: RunConfig, model_config) -> torch.nn.Module:
-    """The model with its initial weights (drawn from ``train.seed``)."""
+def build_model(config: RunConfig, model_config, *, pretrained: bool = True) -> torch.nn.Module:
+    """The model with its initial weights (drawn from ``train.seed``); with ``model.init_from`` and
+    ``pretrained``, its backbone copied from the pre-trained model that names (see :mod:`.classify`)."""
     torch.manual_seed(config.train.seed)
-    return MODELS[config.model_type].model(model_config)
+    model = MODELS[config.model_type].model(model_config)
+    if pretrained and getattr(model_config, "init_from", None):
+        from .classify import load_backbone
+
+        load_backbone(model, model_config.init_from)
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -240,7 +251,7 @@ def _train(config: RunConfig, folder: RunFolder, tokenizer, *, resume: bool, str
 
     rank, world, device = init_distributed()
     model_config = resolve_model_config(config, tokenizer)
-    model = build_model(config, model_config)
+    model = build_model(config, model_config, pretrained=not resume)  # a resumed run has its checkpoint
     task = MODELS[config.model_type].kind.build_task(config.data, tokenizer)
     n = count_parameters(model)
     if rank == 0 and not resume:
@@ -264,10 +275,11 @@ def _require_kind(run: Run, command: str) -> None:
 
 def evaluate_run(run: Run | str | Path, **options) -> Evaluation:
     """Score a run on held-out data, as its kind does: bits per token (language models), masked-token
-    accuracy and loss (masked LMs), BLEU and chrF on the test pairs (translation).
+    accuracy and loss (masked LMs), BLEU and chrF on the test pairs (translation), accuracy and
+    macro-F1 on the test texts (classifiers).
 
     ``options``: ``max_tokens`` (text kinds: score only the first N held-out tokens), ``beam_size``,
-    ``limit`` and ``show`` (translation).
+    ``limit`` and ``show`` (translation; classifiers: ``limit`` and ``show``).
     """
     run = _as_run(run)
     return run.spec.kind.evaluate(run.model, run.tokenizer, run.config.data, **options)

@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models import (
+    BiLM,
+    BiLMClassifierConfig,
+    BiLMConfig,
+    BiLMForClassification,
+    EncoderClassifierConfig,
     ReformerConfig,
     ReformerLM,
     RNNSeq2Seq,
@@ -16,6 +21,7 @@ from ..models import (
     Transformer,
     TransformerConfig,
     TransformerEncoderConfig,
+    TransformerEncoderForClassification,
     TransformerEncoderForMaskedLM,
     TransformerLM,
     TransformerLMConfig,
@@ -38,12 +44,16 @@ MODELS: dict[str, ModelSpec] = {
     "TransformerEncoderForMaskedLM": ModelSpec(TransformerEncoderForMaskedLM, TransformerEncoderConfig, KINDS["mlm"]),
     "Transformer": ModelSpec(Transformer, TransformerConfig, KINDS["seq2seq"]),
     "RNNSeq2Seq": ModelSpec(RNNSeq2Seq, RNNSeq2SeqConfig, KINDS["seq2seq"]),
+    "TransformerEncoderForClassification": ModelSpec(TransformerEncoderForClassification, EncoderClassifierConfig,
+                                                     KINDS["classify"]),
+    "BiLMForClassification": ModelSpec(BiLMForClassification, BiLMClassifierConfig, KINDS["classify"]),
+    "BiLM": ModelSpec(BiLM, BiLMConfig, KINDS["bilm"]),
 }
 
 
 def register_model(name: str, model: type, config: type, kind: str) -> ModelSpec:
     """Make a model family available to run configs as ``[model] type = name``; ``kind`` is one of
-    :data:`attnkit.runs.kinds.KINDS` ("lm", "mlm", "seq2seq")."""
+    :data:`attnkit.runs.kinds.KINDS` ("lm", "mlm", "seq2seq", "classify", "bilm")."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
     MODELS[name] = spec = ModelSpec(model, config, KINDS[kind])
