@@ -408,12 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     at.set_defaults(fn=cmd_attention)
 
     e = add("eval", "score a run on held-out data: bits per token (language models), masked-token accuracy "
-            "(masked LMs), BLEU/chrF on the test pairs (translation)",
+            "(masked LMs), BLEU/chrF on the test pairs (translation), accuracy (classifiers)",
             "attnkit eval runs/de_en_transformer --beam-size 4")
     e.add_argument("run")
     e.add_argument("--beam-size", type=_integer(1), default=4, help="translation: beam width")
-    e.add_argument("--limit", type=_integer(1), default=None, help="translation: score the first N test sentences")
-    e.add_argument("--show", type=_integer(0), default=5, help="translation: print N examples")
+    e.add_argument("--limit", type=_integer(1), default=None,
+                   help="translation: score the first N test sentences; classifiers: N test texts spread evenly")
+    e.add_argument("--show", type=_integer(0), default=5, help="translation and classifiers: print N examples")
     e.add_argument("--length-penalty", type=float, default=1.0,
                    help="translation: beam scores divided by length ** this (0: none)")
     e.add_argument("--test-corpus", help="translation: score on this parallel corpus's test set (default: the run's)")
