@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   attnkit generate runs/kjv_char_lm --prompt "And God said" --max-new-tokens 300 --temperature 0.8
   attnkit translate runs/de_en_transformer "Das ist doch nicht möglich." --beam-size 4
   attnkit eval runs/de_en_transformer
+  attnkit translate runs/t5_multitask "define: lighthouse" "part of speech: move quickly"
   attnkit info --config de_en_transformer
   attnkit attention runs/kjv_char_lm --text "In the beginning God" --out attention.html
   attnkit translate runs/de_en_rnn "Wie spät ist es?" --show-attention alignment.png
@@ -204,7 +205,8 @@ def cmd_translate(args) -> int:
     if args.show_attention:
         _check_picture_path(args.show_attention)
     run = load_run(args.run)
-    for i, (src, hyp) in enumerate(zip(texts, translate_run(run, texts, beam_size=args.beam_size))):
+    hyps = translate_run(run, texts, beam_size=args.beam_size, prefix=args.prefix)
+    for i, (src, hyp) in enumerate(zip(texts, hyps)):
         print(f"{src}\n  -> {hyp}")
         if args.show_attention:
             out = Path(args.show_attention)
@@ -385,12 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--output", help="save the embeddings to this safetensors file")
     em.set_defaults(fn=cmd_embed)
 
-    tr = add("translate", "translate sentences with a trained translation run",
-             'attnkit translate runs/de_en_transformer "Wie spät ist es?"')
+    tr = add("translate", "translate sentences with a trained translation run, or answer texts with a "
+             "text-to-text (T5) run, each text starting with its task's prefix",
+             'attnkit translate runs/de_en_transformer "Wie spät ist es?"\n'
+             '  attnkit translate runs/t5_multitask "Wie spät ist es?" --prefix "translate German to English: "')
     tr.add_argument("run")
     tr.add_argument("text", nargs="*")
     tr.add_argument("--input", help="a file with one sentence per line")
     tr.add_argument("--beam-size", type=_integer(1), default=4)
+    tr.add_argument("--prefix", default="",
+                    help="text-to-text runs: put before every text, naming the task (e.g. \"define: \")")
     tr.add_argument("--show-attention", metavar="FILE",
                     help="draw the cross-attention of each translation (source against generated words) to "
                          "FILE (.png or .html; numbered when there are several sentences)")
@@ -408,16 +414,20 @@ def build_parser() -> argparse.ArgumentParser:
     at.set_defaults(fn=cmd_attention)
 
     e = add("eval", "score a run on held-out data: bits per token (language models), masked-token accuracy "
-            "(masked LMs), BLEU/chrF on the test pairs (translation), accuracy (classifiers)",
+            "(masked LMs), BLEU/chrF on the test pairs (translation), accuracy (classifiers), per-task scores "
+            "(text to text), the dropped spans' loss (span corruption)",
             "attnkit eval runs/de_en_transformer --beam-size 4")
     e.add_argument("run")
     e.add_argument("--beam-size", type=_integer(1), default=4, help="translation: beam width")
     e.add_argument("--limit", type=_integer(1), default=None,
-                   help="translation: score the first N test sentences; classifiers: N test texts spread evenly")
-    e.add_argument("--show", type=_integer(0), default=5, help="translation and classifiers: print N examples")
+                   help="translation: score the first N test sentences; classifiers: N test texts spread evenly; "
+                        "text to text: N test sources of each task, spread evenly (default 200)")
+    e.add_argument("--show", type=_integer(0), default=5,
+                   help="translation, classifiers, text to text (per task): print N examples")
     e.add_argument("--length-penalty", type=float, default=1.0,
                    help="translation: beam scores divided by length ** this (0: none)")
-    e.add_argument("--test-corpus", help="translation: score on this parallel corpus's test set (default: the run's)")
+    e.add_argument("--test-corpus", help="translation: score on this parallel corpus's test set (default: the run's); "
+                   "text to text: on the tasks of this mixture")
     e.add_argument("--max-tokens", type=_integer(1), default=None, help="text runs: score the first N held-out tokens")
     e.add_argument("--n-hashes", type=_integer(1), help="LSH layers: evaluate with this many hash rounds")
     e.add_argument("--bucket-size", type=_integer(1),

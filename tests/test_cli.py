@@ -27,12 +27,18 @@ TINY_MODEL = {
     "TransformerEncoderForClassification": ["d_model=16", "n_heads=2", "n_layers=1", "d_ff=32"],
     "BiLMForClassification": ["d_embed=16", "d_hidden=16", "n_layers=1"],
     "BiLM": ["d_embed=16", "d_hidden=16", "n_layers=1"],
+    "T5": ["d_model=16", "d_kv=8", "n_heads=2", "n_layers=1", "n_decoder_layers=1", "d_ff=32"],
+    "T5SpanCorruption": ["d_model=16", "d_kv=8", "n_heads=2", "n_layers=1", "n_decoder_layers=1", "d_ff=32"],
 }
 TINY_DATA = {"lm": ["context=64", "batch_size=2", "eval_batches=1"],
              "mlm": ["context=64", "batch_size=2", "eval_batches=1"],
              "seq2seq": ["vocab_size=300", "batch_size=8", "max_len=16", "valid_bleu_sentences=4"],
              "classify": ["vocab_size=300", "batch_size=8", "max_len=32", "eval_batches=1", "train_examples=2000"],
-             "bilm": ["context=64", "batch_size=2", "eval_batches=1"]}
+             "bilm": ["context=64", "batch_size=2", "eval_batches=1"],
+             # the KJV stands in for the english corpus: its vocabulary trains and encodes in seconds
+             "span": ["corpus=kjv", "vocab_size=300", "context=32", "batch_size=2", "eval_batches=1"],
+             "text2text": ["vocab_size=300", "batch_size=8", "max_len=16", "eval_batches=1", "train_examples=200",
+                           "valid_bleu_sentences=2"]}
 TINY_TRAIN = ["max_steps=3", "minutes=0", "warmup_steps=1", "eval_every=3", "checkpoint_every=3", "progress=false"]
 
 
@@ -95,7 +101,8 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
     code, info, _ = run_cli("info", str(run))
     assert code == 0 and number_after(f"{model_type} with", info) == n_trained
     resolved = json.loads(info[info.index("{"):])
-    assert resolved["model"]["max_len"] >= resolved["data"]["context"] or kind in ("seq2seq", "classify")
+    no_max_len = ("seq2seq", "classify", "span", "text2text")  # lengths from max_len, or relative positions
+    assert kind in no_max_len or resolved["model"]["max_len"] >= resolved["data"]["context"]
     # ... and so does info on the config with the same overrides
     code, info_cfg, _ = run_cli("info", "--config", name, *tiny_overrides(name))
     assert code == 0 and number_after(f"{model_type} with", info_cfg) == n_trained
@@ -138,6 +145,24 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
         assert code == 0 and number_after("test examples:", ev) == 20 and ev.count("(true: ") == 2
         code, _, err = run_cli("generate", str(run), "--prompt", "a")
         assert code == 2 and "is a text classifier of wordnet-" in err and "use `attnkit eval`" in err
+    elif kind == "span":
+        code, ev, _ = run_cli("eval", str(run), "--max-tokens", "2000")
+        assert code == 0 and 0 <= number_after("accuracy", ev) <= 100 and "<extra_id_0>" in ev
+        code, _, err = run_cli("translate", str(run), "Das ist gut.")
+        assert code == 2 and "span corruption" in err and "use `attnkit eval`" in err
+    elif kind == "text2text":
+        assert "de-en (translate German to English:) test sentences: 8;" in out and "exact match" in out
+        evals = [r for r in RunFolder(run).read_metrics() if "eval_loss" in r]
+        assert evals and all(0 <= r["valid_pos_accuracy"] <= 1 and 0 <= r["valid_define_chrf"] <= 100 for r in evals)
+        code, ev, _ = run_cli("eval", str(run), "--limit", "3", "--beam-size", "1", "--show", "1")
+        assert code == 0 and ev.count("reference:") == 4 and number_after("part of speech:) test glosses:", ev) == 3
+        code, tr, err = run_cli("translate", str(run), "Das ist gut.", "--prefix", "translate German to English: ",
+                                "--beam-size", "2")
+        assert code == 0 and tr.startswith("Das ist gut.\n  -> ") and tr.count("\n  -> ") == 1, err
+        code, _, err = run_cli("translate", str(run), "Das ist gut.")
+        assert code == 2 and "names no task: this run does de-en, fr-en, pos, define" in err
+        code, _, err = run_cli("generate", str(run), "--prompt", "define: dog")
+        assert code == 2 and "text-to-text model of t5-mixture" in err and "use `attnkit translate`" in err
     else:
         evals = [r for r in RunFolder(run).read_metrics() if "eval_loss" in r]
         assert evals and all(0 <= r["valid_bleu"] <= 100 and 0 <= r["valid_chrf"] <= 100 for r in evals)

@@ -14,11 +14,21 @@
   Bible). Both are registered in :data:`PAIR_CORPORA`.
 - :mod:`attnkit.data.wordnet`: WordNet's synsets (Debian ``wordnet-base``) and two gloss
   classification tasks (part of speech, lexicographer file) split by a sha1 rule.
+- :mod:`attnkit.data.text2text`: text-to-text tasks with prefixes (T5) and their mixtures, registered in
+  :data:`TEXT2TEXT_CORPORA`.
 - :mod:`attnkit.data.batching`: padding, length-bucketed batches, random LM windows.
 """
 
 from .batching import pad_sequences, random_windows, token_batches
-from .corpora import CLASSIFICATION_CORPORA, PAIR_CORPORA, SYNTHETIC_CORPORA, TEXT_CORPORA, pair_splits, text_splits
+from .corpora import (
+    CLASSIFICATION_CORPORA,
+    PAIR_CORPORA,
+    SYNTHETIC_CORPORA,
+    TEXT2TEXT_CORPORA,
+    TEXT_CORPORA,
+    pair_splits,
+    text_splits,
+)
 from .kjv import VALIDATION_BOOKS, kjv_splits, load_kjv
 from .tokenizers import (
     TOKENIZERS,
@@ -68,6 +78,7 @@ __all__ = [
     "SYNTHETIC_CORPORA",
     "Pair",
     "SubwordTokenizer",
+    "TEXT2TEXT_CORPORA",
     "TEXT_CORPORA",
     "TOKENIZERS",
     "TokenizerSpec",

@@ -13,6 +13,11 @@
   ``{"train", "validation", "test"}`` of :class:`~attnkit.data.wordnet.TextClassification`
   (``"wordnet-pos"``: part of speech from a WordNet gloss, 4 classes; ``"wordnet-lexname"``: its
   lexicographer file, 45 classes).
+- text-to-text mixtures (:data:`TEXT2TEXT_CORPORA`, T5): tasks named by a prefix on the input; the
+  registry is :data:`attnkit.data.text2text.MIXTURES` itself, {mixture: its task names}, and
+  :func:`~attnkit.data.text2text.mixture_splits` loads one (``"t5-mixture"``: German and French to
+  English, WordNet part of speech and definitions; ``"t5-de-en"``, ``"t5-fr-en"``, ``"t5-pos"``,
+  ``"t5-define"``: one task each).
 
 A new corpus is a loader plus one entry here.
 """
@@ -26,6 +31,7 @@ from .bible_pairs import load_es_en
 from .descriptions import load_de_en_all, load_descriptions
 from .english import english_splits
 from .kjv import kjv_splits
+from .text2text import MIXTURES
 from .translation import load_de_en
 from .wordnet import wordnet_lexname_task, wordnet_pos_task
 
@@ -45,6 +51,7 @@ CLASSIFICATION_CORPORA: dict[str, Callable[[], dict]] = {
     "wordnet-pos": lambda: wordnet_pos_task(),  # Debian wordnet-base; sha1 split of the synsets
     "wordnet-lexname": lambda: wordnet_lexname_task(),
 }
+TEXT2TEXT_CORPORA: dict[str, tuple[str, ...]] = MIXTURES  # {mixture: task names}, one registry
 HELD_OUT_FRACTION = 0.05
 
 

@@ -50,6 +50,12 @@ class DataConfig(Config):
     Classification runs cut texts to ``max_len`` tokens and train on ``train_examples`` examples of the
     training split (0: all), a seeded sample in which a smaller one is always part of a larger one
     (:func:`attnkit.train.classification.subsample`), for learning curves of accuracy against data.
+    Text-to-text runs (T5, ``corpus`` a mixture of :data:`attnkit.data.TEXT2TEXT_CORPORA`) cut inputs and
+    targets to ``max_len`` tokens, train on at most ``train_examples`` examples of each task (0: all; the
+    same nested samples), draw the tasks examples-proportionally with each task's count capped at
+    ``mixture_cap`` (T5's K, section 3.5.2; 0: no cap), and score the first ``valid_bleu_sentences``
+    validation sources of each task (greedy) at each evaluation. Span-corruption runs corrupt windows of
+    ``context`` tokens.
     """
 
     corpus: str = "kjv"
@@ -61,6 +67,7 @@ class DataConfig(Config):
     eval_batches: int = 20
     valid_bleu_sentences: int = 0
     train_examples: int = 0
+    mixture_cap: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -73,6 +80,8 @@ class DataConfig(Config):
             raise ValueError(f"DataConfig.valid_bleu_sentences must be >= 0, got {self.valid_bleu_sentences}")
         if self.train_examples < 0:
             raise ValueError(f"DataConfig.train_examples must be >= 0 (0: all), got {self.train_examples}")
+        if self.mixture_cap < 0:
+            raise ValueError(f"DataConfig.mixture_cap must be >= 0 (0: no cap), got {self.mixture_cap}")
 
 
 @dataclass

@@ -6,6 +6,10 @@ lengths, how it is trained (its :class:`~attnkit.train.Task`) and how it is scor
 - ``seq2seq``: translation on a parallel corpus; scored by BLEU and chrF on the test pairs; ``translate``.
 - ``classify``: a label per text (:mod:`attnkit.runs.classify`); scored by test accuracy and macro-F1.
 - ``bilm``: ELMo's bidirectional LM on a text stream (:mod:`attnkit.runs.classify`); scored in bits per token.
+- ``span``: T5's span-corruption pre-training on a text stream (:mod:`attnkit.runs.text2text`); scored by
+  the loss and accuracy of the dropped spans.
+- ``text2text``: T5 on a mixture of text-to-text tasks named by prefixes (:mod:`attnkit.runs.text2text`);
+  scored per task (BLEU/chrF, exact match); ``translate``.
 """
 
 from __future__ import annotations
@@ -306,7 +310,9 @@ class TranslationKind(TaskKind):
 
 
 from .classify import BiLMKind, ClassificationKind  # noqa: E402 (they build on the classes above)
+from .text2text import SpanCorruptionKind, TextToTextKind  # noqa: E402
 
 KINDS: dict[str, TaskKind] = {
-    k.name: k for k in (LanguageModelKind(), MaskedLMKind(), TranslationKind(), ClassificationKind(), BiLMKind())
+    k.name: k for k in (LanguageModelKind(), MaskedLMKind(), TranslationKind(), ClassificationKind(), BiLMKind(),
+                        SpanCorruptionKind(), TextToTextKind())
 }

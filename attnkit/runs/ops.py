@@ -41,6 +41,7 @@ def build_tokenizer(config: RunConfig):
     if config.model.get("init_from"):
         from .classify import pretrained_tokenizer
 
+        pretrained_tokenizer = getattr(kind, "pretrained_tokenizer", pretrained_tokenizer)  # a kind's own (T5's)
         return pretrained_tokenizer(config.model["init_from"], data)
     try:
         return TOKENIZERS[data.tokenizer].build(kind.tokenizer_texts(data), data.vocab_size)
@@ -59,12 +60,14 @@ def resolve_model_config(config: RunConfig, tokenizer):
 
 def build_model(config: RunConfig, model_config, *, pretrained: bool = True) -> torch.nn.Module:
     """The model with its initial weights (drawn from ``train.seed``); with ``model.init_from`` and
-    ``pretrained``, its backbone copied from the pre-trained model that names (see :mod:`.classify`)."""
+    ``pretrained``, its backbone copied from the pre-trained model that names (see :mod:`.classify`), or
+    all its weights where its kind copies them itself (T5, :mod:`.text2text`)."""
     torch.manual_seed(config.train.seed)
     model = MODELS[config.model_type].model(model_config)
     if pretrained and getattr(model_config, "init_from", None):
         from .classify import load_backbone
 
+        load_backbone = getattr(MODELS[config.model_type].kind, "load_pretrained", load_backbone)
         load_backbone(model, model_config.init_from)
     return model
 
@@ -276,7 +279,8 @@ def _require_kind(run: Run, command: str) -> None:
 def evaluate_run(run: Run | str | Path, **options) -> Evaluation:
     """Score a run on held-out data, as its kind does: bits per token (language models), masked-token
     accuracy and loss (masked LMs), BLEU and chrF on the test pairs (translation), accuracy and
-    macro-F1 on the test texts (classifiers).
+    macro-F1 on the test texts (classifiers), each task's score (text to text), the targets' loss and
+    accuracy (span corruption).
 
     ``options``: ``max_tokens`` (text kinds: score only the first N held-out tokens), ``beam_size``,
     ``limit`` and ``show`` (translation; classifiers: ``limit`` and ``show``).
@@ -332,15 +336,22 @@ def sample_run(run: Run | str | Path, prompt: str, **sampling) -> str:
     return sample(run.model, run.tokenizer, prompt, **sampling)
 
 
-def translate_run(run: Run | str | Path, texts: list[str], *, beam_size: int = 4) -> list[str]:
-    """Translate ``texts`` with a translation run (beam search with length penalty 1)."""
+def translate_run(run: Run | str | Path, texts: list[str], *, beam_size: int = 4, prefix: str = "") -> list[str]:
+    """Translate ``texts`` with a translation run (beam search with length penalty 1), or answer them with
+    a text-to-text run, each text starting with a task's prefix (or after ``prefix``, e.g.
+    "translate German to English: ", which only text-to-text runs take)."""
     from ..evaluation import translate
 
     run = _as_run(run)
     _require_kind(run, "translate")
     if not texts or not all(t.strip() for t in texts):
         raise UsageError("nothing to translate: give non-empty sentences")
-    return translate(run.model, run.tokenizer, texts, beam_size=beam_size)
+    own = getattr(run.spec.kind, "translate", None)  # a kind's own decoding (text to text)
+    if own is None:
+        if prefix:
+            raise UsageError(f"{run.describe()}: --prefix names the task of a text-to-text run")
+        return translate(run.model, run.tokenizer, texts, beam_size=beam_size)
+    return own(run.model, run.tokenizer, run.config.data, [prefix + t for t in texts], beam_size=beam_size)
 
 
 @dataclass

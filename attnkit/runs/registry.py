@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models import (
+    T5,
     BiLM,
     BiLMClassifierConfig,
     BiLMConfig,
@@ -27,6 +28,7 @@ from ..models import (
     TransformerLMConfig,
 )
 from .kinds import KINDS, TaskKind
+from .text2text import T5RunConfig
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,14 @@ MODELS: dict[str, ModelSpec] = {
                                                      KINDS["classify"]),
     "BiLMForClassification": ModelSpec(BiLMForClassification, BiLMClassifierConfig, KINDS["classify"]),
     "BiLM": ModelSpec(BiLM, BiLMConfig, KINDS["bilm"]),
+    "T5": ModelSpec(T5, T5RunConfig, KINDS["text2text"]),  # multi-task text to text
+    "T5SpanCorruption": ModelSpec(T5, T5RunConfig, KINDS["span"]),  # the same model, pre-training by span corruption
 }
 
 
 def register_model(name: str, model: type, config: type, kind: str) -> ModelSpec:
     """Make a model family available to run configs as ``[model] type = name``; ``kind`` is one of
-    :data:`attnkit.runs.kinds.KINDS` ("lm", "mlm", "seq2seq", "classify", "bilm")."""
+    :data:`attnkit.runs.kinds.KINDS` ("lm", "mlm", "seq2seq", "classify", "bilm", "span", "text2text")."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
     MODELS[name] = spec = ModelSpec(model, config, KINDS[kind])
