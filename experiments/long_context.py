@@ -7,8 +7,9 @@ LSH attention (ReformerLM) against full attention (TransformerLM), the same wall
 
 Each run trains a preset (``kjv_byte_reformer`` or ``kjv_byte_transformer``: 4 layers, d_model 256,
 about 3M parameters each) with ``data.context`` set and the batch set to keep ``--tokens-per-batch``
-tokens per step (one sequence per step beyond that context; the warm-up then spans the same number of
-tokens, 100 steps' worth at the default), in its own process so that its peak memory (peak RSS, GiB)
+tokens per step (one sequence per step beyond that context), the learning-rate warm-up spanning
+``--warmup-tokens`` at every context (a budget of minutes on this CPU is a few hundred steps at most),
+in its own process so that its peak memory (peak RSS, GiB)
 is its own. Whole books are held out (Joshua and Romans): bits per byte on them, each model reading
 windows of its own context.
 A run that fails (out of memory) is recorded with its error; one too slow to take more than a few
@@ -41,7 +42,7 @@ def child(args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     batch = max(1, args.tokens_per_batch // args.context)
-    warmup = max(1, 100 * args.tokens_per_batch // (batch * args.context))  # over the same tokens at every context
+    warmup = max(1, args.warmup_tokens // (batch * args.context))  # over the same tokens at every context
     sets = [f"data.context={args.context}", f"data.batch_size={batch}", f"train.minutes={args.minutes}",
             f"train.warmup_steps={warmup}",
             "train.max_steps=1000000", "train.progress=false", "train.eval_every=1000000",
@@ -68,7 +69,8 @@ def child(args) -> None:
 def run_one(model: str, context: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", model, "--context", str(context),
            "--minutes", str(args.minutes), "--tokens-per-batch", str(args.tokens_per_batch),
-           "--eval-bytes", str(args.eval_bytes), *(["--threads", str(args.threads)] if args.threads else []),
+           "--eval-bytes", str(args.eval_bytes), "--warmup-tokens", str(args.warmup_tokens),
+           *(["--threads", str(args.threads)] if args.threads else []),
            "--run-dir", str(Path(args.out) / f"{model}-{context}")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     load = os.getloadavg()
@@ -86,7 +88,7 @@ def markdown(results: dict) -> str:
         "# Long context: LSH attention against full attention on KJV bytes", "",
         f"torch {meta['torch']}, {meta['machine']}. Each run: {meta['minutes']:g} minutes of training on this CPU, "
         f"{meta['tokens_per_batch']:,} tokens per step (batch = tokens / context, at least 1; warm-up over the "
-        f"first {100 * meta['tokens_per_batch']:,} tokens), Adam 1e-3; held-out bits per "
+        f"first {meta.get('warmup_tokens', 819_200):,} tokens), Adam 1e-3; held-out bits per "
         "byte on whole books (Joshua, Romans), each model reading windows of its own context. ReformerLM: "
         "`kjv_byte_reformer` (LSH, 4 hashes, chunks of 64, reversible, axial positions); TransformerLM: "
         "`kjv_byte_transformer` (full causal attention through SDPA, rotary positions). Peak memory: peak RSS of "
@@ -134,6 +136,8 @@ def main(argv=None) -> None:
     p.add_argument("--models", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per run")
     p.add_argument("--tokens-per-batch", type=int, default=8192)
+    p.add_argument("--warmup-tokens", type=int, default=81_920,
+                   help="learning-rate warm-up over this many training tokens (10 steps of 8,192)")
     p.add_argument("--eval-bytes", type=int, default=150_000, help="held-out bytes scored (the start of the books)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds per run, training and evaluation")
     p.add_argument("--threads", type=int, default=None,
@@ -157,7 +161,8 @@ def main(argv=None) -> None:
 
         results["meta"] = {"torch": torch.__version__, "python": platform.python_version(),
                            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
-                           "minutes": args.minutes, "tokens_per_batch": args.tokens_per_batch}
+                           "minutes": args.minutes, "tokens_per_batch": args.tokens_per_batch,
+                           "warmup_tokens": args.warmup_tokens}
         commit = git_commit(Path(__file__).parent)
         mine = {}  # the runs made by this process
         for context in args.contexts:
