@@ -345,13 +345,19 @@ def load_backbone(model: torch.nn.Module, init_from: str) -> None:
     if not isinstance(source, backbone.module):
         raise UsageError(f"model.init_from = {init_from!r} holds a {type(source).__name__}; this model starts "
                          f"from {backbone.sources}")
+    copy_weights(source, target, init_from, f"{backbone.attr}.")
+
+
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module, init_from: str, prefix: str = "") -> None:
+    """Load ``source``'s weights into ``target``; a UsageError naming ``init_from`` (and the weight, under
+    ``prefix``) when their layers or shapes differ."""
     theirs, ours = source.state_dict(), target.state_dict()
     if theirs.keys() != ours.keys():
         odd = sorted(theirs.keys() ^ ours.keys())
-        raise UsageError(f"model.init_from = {init_from!r}: its {backbone.attr} does not have this model's layers "
-                         f"(differing weights: {', '.join(odd[:4])})")
+        raise UsageError(f"model.init_from = {init_from!r} does not have this model's layers (differing weights: "
+                         f"{', '.join(prefix + name for name in odd[:4])})")
     for name, t in theirs.items():
         if t.shape != ours[name].shape:
-            raise UsageError(f"model.init_from = {init_from!r}: weight {backbone.attr}.{name} has shape "
+            raise UsageError(f"model.init_from = {init_from!r}: weight {prefix}{name} has shape "
                              f"{tuple(t.shape)} there and {tuple(ours[name].shape)} here")
     target.load_state_dict(theirs)

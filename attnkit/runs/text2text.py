@@ -160,18 +160,10 @@ class _T5Kind(TaskKind):
 
     def load_pretrained(self, model, init_from: str) -> None:
         """Copy every weight of the T5 run ``init_from`` names into ``model`` (the run operations' hook)."""
+        from .classify import copy_weights
         from .ops import load_run
 
-        theirs, ours = load_run(init_from).model.state_dict(), model.state_dict()
-        if theirs.keys() != ours.keys():
-            odd = sorted(theirs.keys() ^ ours.keys())
-            raise UsageError(f"model.init_from = {init_from!r} does not have this model's layers (differing "
-                             f"weights: {', '.join(odd[:4])})")
-        for name, t in theirs.items():
-            if t.shape != ours[name].shape:
-                raise UsageError(f"model.init_from = {init_from!r}: weight {name} has shape {tuple(t.shape)} there "
-                                 f"and {tuple(ours[name].shape)} here")
-        model.load_state_dict(theirs)
+        copy_weights(load_run(init_from).model, model, init_from)
 
 
 # ---- span corruption ---------------------------------------------------------------------------------
