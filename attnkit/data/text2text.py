@@ -57,9 +57,12 @@ class TextTask:
 
 
 def _pairs(corpus: str) -> dict[str, list[tuple[str, str]]]:
-    from .corpora import pair_splits  # corpora names the mixtures, so import it late
+    """The splits of parallel corpus ``corpus`` ("de-en-all" or "fr-en-descriptions") as (source, English);
+    loaded here, not through attnkit.data.corpora, which imports this module for its mixtures."""
+    from .descriptions import load_de_en_all, load_descriptions
 
-    return {name: [(p.de, p.en) for p in part] for name, part in pair_splits(corpus).items()}
+    splits = load_de_en_all() if corpus == "de-en-all" else load_descriptions(corpus.split("-")[0])
+    return {name: [(p.de, p.en) for p in part] for name, part in splits.items()}
 
 
 def _part_of_speech() -> dict[str, list[tuple[str, str]]]:

@@ -7,6 +7,7 @@
   (:class:`attnkit.train.RunFolder`).
 """
 
+from . import classify, text2text  # noqa: F401 (they add their kinds and model families to the registries)
 from .config import DataConfig, RunConfig, apply_override, config_path, presets
 from .kinds import KINDS, Evaluation, TaskKind
 from .ops import (

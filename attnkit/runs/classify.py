@@ -36,12 +36,15 @@ from ..models import (
     BiLM,
     BiLMClassifierConfig,
     BiLMConfig,
+    BiLMForClassification,
     EncoderClassifierConfig,
     TransformerEncoder,
     TransformerEncoderConfig,
+    TransformerEncoderForClassification,
 )
 from ..train.classification import BiLMTask, ClassificationTask, collate, subsample
-from .kinds import Evaluation, TaskKind, _TextKind, _unit
+from .kinds import KINDS, Evaluation, TaskKind, _TextKind, _unit
+from .registry import register_model
 
 HF_PREFIX = "hf:"
 HF_SPECIALS = ("[PAD]", "[CLS]", "[SEP]")  # BERT's, in the roles of <pad>, <bos>, <eos>
@@ -64,6 +67,12 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 class ClassificationKind(TaskKind):
     """A label for each text of a classification corpus (:data:`attnkit.data.CLASSIFICATION_CORPORA`)."""
+
+    def pretrained_tokenizer(self, init_from: str, data):
+        return pretrained_tokenizer(init_from, data)
+
+    def load_pretrained(self, model, init_from: str) -> None:
+        load_backbone(model, init_from)
 
     name, noun, command = "classify", "text classifier", None
     data_fields = {"vocab_size": "the tokenizer's vocabulary", "n_classes": "the corpus's labels",
@@ -361,3 +370,11 @@ def copy_weights(source: torch.nn.Module, target: torch.nn.Module, init_from: st
             raise UsageError(f"model.init_from = {init_from!r}: weight {prefix}{name} has shape "
                              f"{tuple(t.shape)} there and {tuple(ours[name].shape)} here")
     target.load_state_dict(theirs)
+
+
+# This module's kinds and model families, added to the registries when attnkit.runs is imported.
+KINDS.update({k.name: k for k in (ClassificationKind(), BiLMKind())})
+register_model("TransformerEncoderForClassification", TransformerEncoderForClassification, EncoderClassifierConfig,
+               "classify")
+register_model("BiLMForClassification", BiLMForClassification, BiLMClassifierConfig, "classify")
+register_model("BiLM", BiLM, BiLMConfig, "bilm")

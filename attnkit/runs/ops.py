@@ -39,10 +39,7 @@ def build_tokenizer(config: RunConfig):
     kind = MODELS[config.model_type].kind
     kind.check_data(config.model_type, data)
     if config.model.get("init_from"):
-        from .classify import pretrained_tokenizer
-
-        pretrained_tokenizer = getattr(kind, "pretrained_tokenizer", pretrained_tokenizer)  # a kind's own (T5's)
-        return pretrained_tokenizer(config.model["init_from"], data)
+        return kind.pretrained_tokenizer(config.model["init_from"], data)
     try:
         return TOKENIZERS[data.tokenizer].build(kind.tokenizer_texts(data), data.vocab_size)
     except FileNotFoundError as e:  # files a tokenizer needs (GPT-2's) are not installed
@@ -60,15 +57,12 @@ def resolve_model_config(config: RunConfig, tokenizer):
 
 def build_model(config: RunConfig, model_config, *, pretrained: bool = True) -> torch.nn.Module:
     """The model with its initial weights (drawn from ``train.seed``); with ``model.init_from`` and
-    ``pretrained``, its backbone copied from the pre-trained model that names (see :mod:`.classify`), or
-    all its weights where its kind copies them itself (T5, :mod:`.text2text`)."""
+    ``pretrained``, the weights its kind copies from the pre-trained model that names (a classifier's
+    backbone, :mod:`.classify`; every weight of a T5, :mod:`.text2text`)."""
     torch.manual_seed(config.train.seed)
     model = MODELS[config.model_type].model(model_config)
     if pretrained and getattr(model_config, "init_from", None):
-        from .classify import load_backbone
-
-        load_backbone = getattr(MODELS[config.model_type].kind, "load_pretrained", load_backbone)
-        load_backbone(model, model_config.init_from)
+        MODELS[config.model_type].kind.load_pretrained(model, model_config.init_from)
     return model
 
 

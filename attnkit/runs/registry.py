@@ -9,12 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..models import (
-    T5,
-    BiLM,
-    BiLMClassifierConfig,
-    BiLMConfig,
-    BiLMForClassification,
-    EncoderClassifierConfig,
     ReformerConfig,
     ReformerLM,
     RNNSeq2Seq,
@@ -22,13 +16,11 @@ from ..models import (
     Transformer,
     TransformerConfig,
     TransformerEncoderConfig,
-    TransformerEncoderForClassification,
     TransformerEncoderForMaskedLM,
     TransformerLM,
     TransformerLMConfig,
 )
 from .kinds import KINDS, TaskKind
-from .text2text import T5RunConfig
 
 
 @dataclass(frozen=True)
@@ -46,12 +38,6 @@ MODELS: dict[str, ModelSpec] = {
     "TransformerEncoderForMaskedLM": ModelSpec(TransformerEncoderForMaskedLM, TransformerEncoderConfig, KINDS["mlm"]),
     "Transformer": ModelSpec(Transformer, TransformerConfig, KINDS["seq2seq"]),
     "RNNSeq2Seq": ModelSpec(RNNSeq2Seq, RNNSeq2SeqConfig, KINDS["seq2seq"]),
-    "TransformerEncoderForClassification": ModelSpec(TransformerEncoderForClassification, EncoderClassifierConfig,
-                                                     KINDS["classify"]),
-    "BiLMForClassification": ModelSpec(BiLMForClassification, BiLMClassifierConfig, KINDS["classify"]),
-    "BiLM": ModelSpec(BiLM, BiLMConfig, KINDS["bilm"]),
-    "T5": ModelSpec(T5, T5RunConfig, KINDS["text2text"]),  # multi-task text to text
-    "T5SpanCorruption": ModelSpec(T5, T5RunConfig, KINDS["span"]),  # the same model, pre-training by span corruption
 }
 
 

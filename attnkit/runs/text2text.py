@@ -35,12 +35,13 @@ from ..data import CLASSIFICATION_CORPORA, TEXT2TEXT_CORPORA
 from ..data.batching import pad_sequences
 from ..data.text2text import TASKS, Example, mixing_rates, mixture_splits
 from ..errors import UsageError
-from ..models import T5Config
+from ..models import T5, T5Config
 from ..train import IGNORE, derive_seed
 from ..train.classification import subsample
 from ..train.text2text import SENTINELS, SpanCorruptionTask, TextToTextTask, n_spans
 from .classify import HF_PREFIX, _encode, _source_run
-from .kinds import Evaluation, TaskKind, _text, _TextKind, _unit
+from .kinds import KINDS, Evaluation, TaskKind, _text, _TextKind, _unit
+from .registry import register_model
 
 T5_TOKENIZERS = ("bpe", "wordpiece", "unigram", "byte")  # those with <pad> and <eos> of their own
 DEFAULT_LIMIT = 200  # test sources scored per task when no limit is given (beam search on a CPU is slow)
@@ -369,3 +370,10 @@ class TextToTextKind(_T5Kind):
                 text = prefixes[0] + text
             ready.append(text)
         return generate_texts(model, tokenizer, ready, max_len=data.max_len, beam_size=beam_size)
+
+
+# This module's kinds and model families, added to the registries when attnkit.runs is imported: one model,
+# two types, since a type has one kind (pre-training by span corruption, and text to text).
+KINDS.update({k.name: k for k in (SpanCorruptionKind(), TextToTextKind())})
+register_model("T5", T5, T5RunConfig, "text2text")
+register_model("T5SpanCorruption", T5, T5RunConfig, "span")
