@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
@@ -122,3 +123,26 @@ def provenance(script: str | Path, argv: list[str], packages: tuple[str, ...] = 
         "cpu_count": os.cpu_count(),
         "load_before": list(os.getloadavg()),
     }
+
+
+def write_results(out: str | Path, meta: dict, rows: list, render) -> str:
+    """Finish a benchmark's results: ``meta["load_after"]`` set, ``out``.json ({meta, rows}) and ``out``.md
+    (``render(meta, rows)``) written; returns the markdown."""
+    meta["load_after"] = list(os.getloadavg())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    text = render(meta, rows)
+    out.with_suffix(".md").write_text(text)
+    return text
+
+
+def record_runs(path: str | Path, results: dict, mine: dict) -> None:
+    """Write an experiment's results JSON after each run: the runs other processes recorded in ``path``
+    meanwhile are kept, ``mine`` (this process's runs, by key) replace theirs."""
+    path = Path(path)
+    if path.exists():
+        results["runs"] = json.loads(path.read_text())["runs"]
+    results["runs"].update(mine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))

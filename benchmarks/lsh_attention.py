@@ -311,13 +311,9 @@ def main(argv=None) -> None:
                 else (r.get("error") or r.get("skipped"))
             )
             print(f"L={L:>7,}  {impl:<24} {shown}", flush=True)
-    meta["load_after"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    text = markdown(rows, meta)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    from attnkit.bench import write_results
+
+    print(write_results(args.out, meta, rows, lambda meta, rows: markdown(rows, meta)))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ Writes benchmarks/results/reformer_generation.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from attnkit.bench import provenance
+from attnkit.bench import provenance, write_results
 from attnkit.models.reformer import ReformerConfig, ReformerLM
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -103,13 +101,7 @@ def main(argv=None) -> None:
         r = rows[-1]
         print(f"{layers} layer(s): cached {1000 * r['cached_s_per_token']:.1f} ms/token, re-run "
               f"{1000 * r['rerun_s_per_token']:.0f} ms/token ({r['speedup']:.0f}x)", flush=True)
-    meta["load_after"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    text = markdown(meta, rows)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    print(write_results(args.out, meta, rows, markdown))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ steps each after a warm-up step, with the spread (min-max). Writes benchmarks/re
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -26,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from attnkit.bench import provenance
+from attnkit.bench import provenance, write_results
 from attnkit.models import RNNSeq2Seq, RNNSeq2SeqConfig, Transformer, TransformerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -126,13 +124,7 @@ def main(argv=None) -> None:
         rows.append(row)
         print(f"length {length}: Transformer {statistics.median(row['transformer']):,.0f} tokens/s, RNN "
               f"{statistics.median(row['rnn']):,.0f} ({row['ratio']:.1f}x)", flush=True)
-    meta["load_after"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    text = markdown(meta, rows)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    print(write_results(args.out, meta, rows, markdown))
 
 
 if __name__ == "__main__":

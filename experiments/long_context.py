@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     if not args.replot:
         import torch
 
-        from attnkit.bench import git_commit
+        from attnkit.bench import git_commit, record_runs
 
         results["meta"] = {"torch": torch.__version__, "python": platform.python_version(),
                            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
@@ -170,14 +170,10 @@ def main(argv=None) -> None:
                 r = run_one(model, context, args)
                 r.update(command=" ".join(["python", *sys.argv]), commit=commit)
                 mine[f"{model}-{context}"] = r
-                if out.with_suffix(".json").exists():  # runs finished meanwhile by another process stay
-                    results["runs"] = json.loads(out.with_suffix(".json").read_text())["runs"]
-                results["runs"].update(mine)
                 shown = r.get("error") or (f"{r['steps']} steps, {r['bits_per_byte']:.3f} bits/byte, "
                                            f"{r['peak_rss_gib']:.2f} GiB")
                 print(f"{model} at {context:,}: {shown}", flush=True)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.with_suffix(".json").write_text(json.dumps(results, indent=2))  # after every run
+                record_runs(out.with_suffix(".json"), results, mine)  # after every run, others' runs kept
     out.with_suffix(".md").write_text(markdown(results))
     plot(results, out.with_suffix(".png"))
     print(markdown(results))
