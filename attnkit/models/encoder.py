@@ -108,7 +108,10 @@ class MaskedLMHead(nn.Module):
 
 class TransformerEncoderForMaskedLM(nn.Module):
     """A :class:`TransformerEncoder` with a :class:`MaskedLMHead` tied to its token embedding:
-    ``forward(tokens, key_mask=None) -> logits (B, T, vocab_size)`` for masked-LM pre-training."""
+    ``forward(tokens, key_mask=None) -> logits (B, T, vocab_size)`` for masked-LM pre-training;
+    ``forward(tokens, positions=chosen)`` with a boolean (B, T) ``chosen`` -> logits (N, vocab_size) at
+    the N chosen positions only, in row-major order (the head's vocabulary projection is the costliest
+    layer of a small encoder, and the loss needs it at 15% of the positions)."""
 
     def __init__(self, config: TransformerEncoderConfig):
         super().__init__()
@@ -117,8 +120,14 @@ class TransformerEncoderForMaskedLM(nn.Module):
         self.head = MaskedLMHead(config.d_model, config.vocab_size, activation=config.activation,
                                  norm_eps=config.norm_eps, embedding=self.encoder.embed.token)
 
-    def forward(self, tokens: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        return self.head(self.encoder(tokens, key_mask))
+    def forward(self, tokens: Tensor, key_mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        hidden = self.encoder(tokens, key_mask)  # (B, T, d_model)
+        if positions is not None:
+            if positions.dtype != torch.bool or positions.shape != tokens.shape:
+                raise ValueError(f"positions must be a boolean tensor of the tokens' shape {tuple(tokens.shape)}, "
+                                 f"got {positions.dtype} {tuple(positions.shape)}")
+            hidden = hidden[positions]  # (N, d_model)
+        return self.head(hidden)
 
 
 class SequenceClassificationHead(nn.Module):

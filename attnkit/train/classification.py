@@ -159,6 +159,21 @@ class BiLMTask(LanguageModelingTask):
     def loss(self, model, batch: Tensor, *, label_smoothing: float = 0.0) -> TokenLoss:
         return bilm_loss(model, batch, label_smoothing=label_smoothing)
 
+    def scores(self, model) -> dict[str, float]:
+        """Next-token accuracy of the forward LM and previous-token accuracy of the backward LM on the
+        evaluation windows, and their mean (the BiLM's counterpart of masked-token accuracy)."""
+        device = next(model.parameters()).device
+        forward = backward = count = 0
+        for tokens in self.eval_batches():
+            tokens = tokens.to(device)
+            out = model(tokens)
+            forward += int((out.forward_logits[:, :-1].argmax(-1) == tokens[:, 1:]).sum())
+            backward += int((out.backward_logits[:, 1:].argmax(-1) == tokens[:, :-1]).sum())
+            count += tokens[:, 1:].numel()
+        count = max(count, 1)
+        return {"valid_forward_accuracy": forward / count, "valid_backward_accuracy": backward / count,
+                "valid_accuracy": (forward + backward) / (2 * count)}
+
 
 def bilm_loss(model, tokens: Tensor, *, label_smoothing: float = 0.0) -> TokenLoss:
     """A BiLM's loss on full windows tokens (B, T): (forward + backward summed cross-entropy) / 2 over

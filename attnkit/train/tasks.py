@@ -234,4 +234,18 @@ class MaskedLMTask(LanguageModelingTask):
 
     def loss(self, model, batch, *, label_smoothing: float = 0.0) -> TokenLoss:
         inputs, labels = batch
-        return token_loss(model(inputs), labels, label_smoothing)
+        chosen = labels != IGNORE
+        return token_loss(model(inputs, positions=chosen), labels[chosen], label_smoothing)
+
+    def scores(self, model) -> dict[str, float]:
+        """Masked-token accuracy on the evaluation batches (the argmax at the chosen positions), the
+        pre-training curve's second figure beside the loss."""
+        device = next(model.parameters()).device
+        correct = count = 0
+        for inputs, labels in self.eval_batches():
+            labels = labels.to(device)
+            chosen = labels != IGNORE
+            predicted = model(inputs.to(device), positions=chosen).argmax(-1)  # (N,)
+            correct += int((predicted == labels[chosen]).sum())
+            count += int(chosen.sum())
+        return {"valid_masked_accuracy": correct / max(count, 1)}
