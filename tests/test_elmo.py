@@ -214,3 +214,23 @@ def test_classifier_checks_its_arguments():
         BiLMClassifier(tiny_bilm(d_hidden=12, tie_embeddings=False), num_labels=2)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tiny_bilm()(torch.tensor([[1, V]]))
+
+
+def test_pretraining_scores_are_each_directions_accuracy_on_its_neighbour():
+    from attnkit.train.classification import BiLMTask
+
+    model = tiny_bilm()
+    stream = torch.randint(0, V, (3000,), generator=torch.Generator().manual_seed(1))
+    task = BiLMTask(stream[:2000], stream[2000:], context=16, batch_size=4, seed=0, eval_batches=2)
+    forward = backward = pairs = 0
+    for tokens in task.eval_batches():
+        out = model(tokens)
+        for b in range(tokens.shape[0]):
+            for t in range(tokens.shape[1] - 1):
+                forward += int(out.forward_logits[b, t].argmax() == tokens[b, t + 1])
+                backward += int(out.backward_logits[b, t + 1].argmax() == tokens[b, t])
+                pairs += 1
+    scores = task.scores(model)
+    assert forward != backward and 0 < forward + backward
+    assert scores["valid_forward_accuracy"] == forward / pairs and scores["valid_backward_accuracy"] == backward / pairs
+    assert scores["valid_accuracy"] == pytest.approx((forward + backward) / (2 * pairs))

@@ -244,3 +244,45 @@ def test_bf16_autocast_accumulation_and_early_stopping(tmp_path):
     # with a learning rate of 1e-9 the eval loss cannot improve: training stops after `patience` evals
     assert summary["stop_reason"] == "early_stopping" and summary["step"] < 40
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_keep_best_keeps_the_checkpoint_of_the_lowest_held_out_loss(tmp_path, monkeypatch):
+    from attnkit.train.checkpoint import read_checkpoint
+
+    torch.manual_seed(0)
+    stream = torch.arange(2000) % 17
+    task = LanguageModelingTask(stream[:1500], stream[1500:], context=16, batch_size=4, seed=0, eval_batches=1)
+    model = TransformerLM(TransformerLMConfig(vocab_size=17, d_model=32, n_heads=4, n_layers=1, d_ff=64, max_len=16))
+    config = TrainConfig(max_steps=12, eval_every=2, checkpoint_every=2, keep_checkpoints=100, keep_best=True,
+                         progress=False)
+    trainer = Trainer(model, task, config, run_dir=tmp_path)
+    scripted = iter([3.0, 2.0, 2.5, 1.5, 4.0, 1.8])  # evaluations at steps 2, 4, ..., 12: the best is step 8
+    monkeypatch.setattr(trainer, "evaluate", lambda: {"eval_loss": next(scripted)})
+    trainer.train()
+    best, _, state = read_checkpoint(tmp_path / "best")
+    assert state["step"] == 8 and state["optimizer"] is None
+    at_8, _, _ = read_checkpoint(tmp_path / "step-0000008")
+    at_12, _, _ = read_checkpoint(tmp_path / "step-0000012")
+    assert all(torch.equal(best[k], at_8[k]) for k in at_8)
+    assert not all(torch.equal(best[k], at_12[k]) for k in at_12)
+    assert [p.name for p in sorted(tmp_path.glob("step-*"))][-1] == "step-0000012"  # resuming ignores best/
+
+
+def test_masked_lm_scores_count_the_argmax_at_the_chosen_positions_of_the_full_logits():
+    from attnkit.models import TransformerEncoderConfig, TransformerEncoderForMaskedLM
+
+    torch.manual_seed(0)
+    stream = torch.randint(0, 20, (4000,))
+    task = MaskedLMTask(stream[:2000], stream[2000:], mask_id=20, vocab_size=21, context=32, batch_size=8, seed=1,
+                        eval_batches=3)
+    model = TransformerEncoderForMaskedLM(TransformerEncoderConfig(vocab_size=21, d_model=32, n_heads=4, n_layers=1,
+                                                                    d_ff=64, max_len=32)).eval()
+    correct = count = 0
+    for inputs, labels in task.eval_batches():
+        chosen = labels != IGNORE
+        correct += int((model(inputs).argmax(-1)[chosen] == labels[chosen]).sum())
+        count += int(chosen.sum())
+    assert 0 < correct < count
+    assert task.scores(model) == {"valid_masked_accuracy": correct / count}
+    with pytest.raises(ValueError, match="positions must be a boolean tensor"):
+        model(inputs, positions=chosen.long())

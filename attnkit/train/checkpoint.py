@@ -130,16 +130,20 @@ def save_checkpoint(
     optimizer_state: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     keep: int = 3,
+    name: str | None = None,
 ) -> Path:
     """Write checkpoint ``step`` into ``run_dir`` atomically and keep only the newest ``keep``.
+
+    With a ``name`` (e.g. "best") the checkpoint is written to ``run_dir/name`` instead, replacing the
+    one there; it is not one of the ``step-*`` checkpoints that resuming and pruning look at.
 
     ``model_state`` and ``optimizer_state`` are full state dicts keyed by parameter name (see
     :func:`attnkit.train.trainer.Trainer.save`, which gathers them from sharded models too).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / f"step-{step:07d}"
-    tmp = run_dir / f".step-{step:07d}.tmp-{os.getpid()}"
+    final = run_dir / (name or f"step-{step:07d}")
+    tmp = run_dir / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -159,11 +163,11 @@ def save_checkpoint(
         _fsync(tmp / name)
     (tmp / "manifest.json").write_text(json.dumps({name: _sha256(tmp / name) for name in FILES}, indent=2))
     _fsync(tmp / "manifest.json")
-    if final.exists():  # the same step written again after a resume
+    if final.exists():  # the same step written again after a resume, or a better "best"
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync(run_dir)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 and name is None else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -93,9 +93,16 @@ class RunFolder:
     # ---- checkpoints ------------------------------------------------------------------------------
 
     def save_checkpoint(self, step: int, model_state, model_config, optimizer_state, trainer_state,
-                        keep: int) -> Path:
-        """Write checkpoint ``step`` atomically, keeping the newest ``keep`` (see attnkit.train.checkpoint)."""
-        return save_checkpoint(self.path, step, model_state, model_config, optimizer_state, trainer_state, keep=keep)
+                        keep: int, name: str | None = None) -> Path:
+        """Write checkpoint ``step`` atomically, keeping the newest ``keep``, or as ``name`` (e.g. "best")
+        (see attnkit.train.checkpoint)."""
+        return save_checkpoint(self.path, step, model_state, model_config, optimizer_state, trainer_state, keep=keep,
+                               name=name)
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """Where a run with ``train.keep_best`` keeps the checkpoint of its lowest held-out loss."""
+        return self.path / "best"
 
     def checkpoints(self) -> list[Path]:
         return list_checkpoints(self.path)

@@ -58,6 +58,7 @@ class TrainConfig(Config):
     eval_every: int = 200
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    keep_best: bool = False  # also keep the checkpoint of the lowest held-out loss as run_dir/best
     patience: int = 0  # evaluations without improvement before stopping; 0 disables early stopping
     minutes: float = 0.0  # wall-clock budget (the cosine decay follows it); 0 = none
     seed: int = 0
@@ -175,14 +176,15 @@ class Trainer:
         return get_state_dict(_unwrap(self.model), self.optimizer,
                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def save(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0 writes; every rank must call it)."""
+    def save(self, name: str | None = None) -> Path | None:
+        """Write a checkpoint of the current step, or with ``name`` (``"best"``: the model weights of the
+        best evaluation so far, without the optimizer) (rank 0 writes; every rank must call it)."""
         model_state, optimizer_state = self._full_state()
         if self.rank != 0:
             return None
         return self.folder.save_checkpoint(
-            self.step, model_state, self.model_config, optimizer_state,
-            {**self.state, "train_config": self.config.to_dict()}, keep=self.config.keep_checkpoints,
+            self.step, model_state, self.model_config, None if name else optimizer_state,
+            {**self.state, "train_config": self.config.to_dict()}, keep=self.config.keep_checkpoints, name=name,
         )
 
     def resume(self) -> bool:
@@ -273,7 +275,9 @@ class Trainer:
         if bar is not None:
             bar.write(f"step {self.step}: eval loss {metrics['eval_loss']:.4f}")
         if metrics["eval_loss"] < self.state["best_eval_loss"]:
-            self.state.update(best_eval_loss=metrics["eval_loss"], evals_without_improvement=0)
+            self.state.update(best_eval_loss=metrics["eval_loss"], best_step=self.step, evals_without_improvement=0)
+            if c.keep_best:
+                self.save("best")
             return False
         self.state["evals_without_improvement"] += 1
         return bool(c.patience) and self.state["evals_without_improvement"] >= c.patience
