@@ -286,3 +286,15 @@ def test_masked_lm_scores_count_the_argmax_at_the_chosen_positions_of_the_full_l
     assert task.scores(model) == {"valid_masked_accuracy": correct / count}
     with pytest.raises(ValueError, match="positions must be a boolean tensor"):
         model(inputs, positions=chosen.long())
+
+
+def test_a_time_budget_ends_with_an_evaluation_of_the_final_weights(tmp_path):
+    stream = torch.arange(2000) % 17
+    task = LanguageModelingTask(stream[:1500], stream[1500:], context=16, batch_size=4, seed=0, eval_batches=1)
+    model = TransformerLM(TransformerLMConfig(vocab_size=17, d_model=32, n_heads=4, n_layers=1, d_ff=64, max_len=16))
+    config = TrainConfig(max_steps=10**6, minutes=0.01, eval_every=10**5, checkpoint_every=10**5, progress=False)
+    summary = Trainer(model, task, config, run_dir=tmp_path).train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_loss" in r]
+    assert summary["stop_reason"] == "time_budget" and 0 < summary["step"] < 10**5
+    assert [r["step"] for r in evals] == [summary["step"]] and summary["best_step"] == summary["step"]

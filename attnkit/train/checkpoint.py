@@ -142,7 +142,7 @@ def save_checkpoint(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / (name or f"step-{step:07d}")
+    final, named = run_dir / (name or f"step-{step:07d}"), name is not None
     tmp = run_dir / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -167,7 +167,7 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync(run_dir)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 and name is None else []:
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 and not named else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

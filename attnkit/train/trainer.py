@@ -264,11 +264,12 @@ class Trainer:
         loss_value, tokens = self._sum_over_ranks(loss_sum / c.accumulate, tokens)
         return loss_value / self.world, int(tokens)  # the global batch's loss, not this rank's share
 
-    def _maybe_evaluate(self, bar, elapsed: float) -> bool:
-        """Evaluate when due (``elapsed``: the training time so far, logged with it); True when early
-        stopping says to stop."""
+    def _maybe_evaluate(self, bar, elapsed: float, last: bool = False) -> bool:
+        """Evaluate when due, or at the ``last`` step of a time budget if that step had no evaluation yet
+        (``elapsed``: the training time so far, logged with it); True when early stopping says to stop."""
         c = self.config
-        if self.step % c.eval_every and self.step != c.max_steps:
+        due = self.step % c.eval_every == 0 or self.step == c.max_steps
+        if last == due:  # not due; or the last step, evaluated already
             return False
         metrics = self.evaluate()
         self._log({"step": self.step, **metrics, "elapsed_s": elapsed})
@@ -320,6 +321,7 @@ class Trainer:
             self.state["elapsed_s"] = elapsed
             if budget_s and elapsed >= budget_s:
                 stop, stop_reason = True, "time_budget"
+                self._maybe_evaluate(bar, elapsed, last=True)  # the final weights are scored too
             if bar is not None:
                 _update_bar(bar, c, self.step, elapsed, loss_value, lr, record.get("tokens_per_s"))
             if stop or self.step % c.checkpoint_every == 0 or self.step == c.max_steps:
