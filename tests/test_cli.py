@@ -30,12 +30,12 @@ TINY_MODEL = {
     "T5": ["d_model=16", "d_kv=8", "n_heads=2", "n_layers=1", "n_decoder_layers=1", "d_ff=32"],
     "T5SpanCorruption": ["d_model=16", "d_kv=8", "n_heads=2", "n_layers=1", "n_decoder_layers=1", "d_ff=32"],
 }
+# the KJV stands in for the english corpus: its vocabulary trains and encodes in seconds
 TINY_DATA = {"lm": ["context=64", "batch_size=2", "eval_batches=1"],
-             "mlm": ["context=64", "batch_size=2", "eval_batches=1"],
+             "mlm": ["corpus=kjv", "context=64", "batch_size=2", "eval_batches=1"],
              "seq2seq": ["vocab_size=300", "batch_size=8", "max_len=16", "valid_bleu_sentences=4"],
              "classify": ["vocab_size=300", "batch_size=8", "max_len=32", "eval_batches=1", "train_examples=2000"],
-             "bilm": ["context=64", "batch_size=2", "eval_batches=1"],
-             # the KJV stands in for the english corpus: its vocabulary trains and encodes in seconds
+             "bilm": ["corpus=kjv", "context=64", "batch_size=2", "eval_batches=1"],
              "span": ["corpus=kjv", "vocab_size=300", "context=32", "batch_size=2", "eval_batches=1"],
              "text2text": ["vocab_size=300", "batch_size=8", "max_len=16", "eval_batches=1", "train_examples=200",
                            "valid_bleu_sentences=2"]}
