@@ -150,6 +150,8 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
         assert code == 0 and 0 <= number_after("accuracy", ev) <= 100 and "<extra_id_0>" in ev
         code, _, err = run_cli("translate", str(run), "Das ist gut.")
         assert code == 2 and "span corruption" in err and "use `attnkit eval`" in err
+        code, _, err = run_cli("attention", str(run), "--text", "And God", "--out", str(run / "a.png"))
+        assert code == 2 and "`attnkit attention` shows the attention of language models" in err
     elif kind == "text2text":
         assert "de-en (translate German to English:) test sentences: 8;" in out and "exact match" in out
         evals = [r for r in RunFolder(run).read_metrics() if "eval_loss" in r]

@@ -42,7 +42,7 @@ def test_transfer_chooses_learning_rates_on_validation_and_reports_the_chosen_ru
     for model in t.MODELS:
         assert t.chosen_lr(results, model) == t.LEARNING_RATES[model][1]
     text = t.markdown(results)
-    for key, r in runs.items():
+    for r in runs.values():
         if "error" not in r and r["lr"] == t.LEARNING_RATES[r["model"]][1]:
             assert f"{100 * r['test_accuracy']:.1f}% (F1 {100 * r['test_macro_f1']:.1f}, {r['steps']} steps)" in text
     assert "90.0%" not in text  # a test figure of a rate validation did not choose is never reported

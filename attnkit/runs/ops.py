@@ -416,7 +416,13 @@ def capture_text(model, tokenizer, text: str, *, kind: str, beam_size: int = 4,
         raise
 
 
+ATTENTION_KINDS = ("lm", "mlm", "seq2seq")  # the kinds capture_text reads
+
+
 def attention_run(run: Run | str | Path, text: str, **options):
     """The attention maps of a run's model for ``text`` (see :func:`capture_text`)."""
     run = _as_run(run)
+    if run.spec.kind.name not in ATTENTION_KINDS:
+        raise UsageError(f"{run.describe()}: `attnkit attention` shows the attention of language models, masked "
+                         f"language models and translation models")
     return capture_text(run.model, run.tokenizer, text, kind=run.spec.kind.name, **options)
