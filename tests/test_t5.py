@@ -18,40 +18,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attnkit.interop import UnsupportedCheckpoint, load_t5, save_t5
+from attnkit.interop.t5_parity import (
+    SHAPES,
+    VOCAB,
+    batch,
+    compare,
+    hf_greedy,
+    pad_after_eos,
+    random_pair,
+    relative_error,
+)
 from attnkit.models import T5, T5Config
 from attnkit.models.t5 import biased_attention, relative_position_bucket, shift_right
 from attnkit.train.span_corruption import span_corruption
-
-VOCAB = 64
-
-# transformers T5Config arguments of the checked shapes: encoder and decoder depths differ, n_heads * d_kv
-# differs from d_model, and the sequences below (30 source, 20 target positions) reach past max_distance
-SHAPES = {
-    "v1.0-relu-tied": dict(feed_forward_proj="relu", tie_word_embeddings=True, num_layers=2, num_decoder_layers=3,
-                           d_model=32, d_kv=8, num_heads=3, d_ff=40, relative_attention_num_buckets=8,
-                           relative_attention_max_distance=12),
-    "v1.1-gated-untied": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, num_layers=3,
-                              num_decoder_layers=1, d_model=24, d_kv=10, num_heads=4, d_ff=36),  # 32 buckets, 128
-    "gated-tied": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=True, num_layers=1, num_decoder_layers=2,
-                       d_model=16, d_kv=4, num_heads=2, d_ff=24, relative_attention_num_buckets=16,
-                       relative_attention_max_distance=20),
-}
-
-
-def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return float((ours - theirs).abs().max() / theirs.abs().max())
-
-
-def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A padded source batch (B=3, S=30) with its key mask, and decoder inputs (B, 20) from the start id."""
-    g = torch.Generator().manual_seed(seed)
-    src = torch.randint(2, VOCAB, (3, 30), generator=g)
-    mask = torch.ones(3, 30, dtype=torch.bool)
-    mask[1, 22:] = False
-    mask[2, 9:] = False
-    src[~mask] = 0  # the pad id
-    tgt = shift_right(torch.randint(2, VOCAB, (3, 20), generator=g), 0)
-    return src, mask, tgt
 
 
 @pytest.fixture(scope="module")
@@ -61,55 +40,12 @@ def transformers():
     return transformers
 
 
-def randomize(hf) -> None:
-    """Weights that make a random model's outputs depend on everything: transformers' initialization gives
-    norms of ones (which would hide a misplaced norm weight), a small position bias and, through the large
-    token embedding in the residual stream, greedy outputs that repeat one token."""
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "layer_norm" in name:
-                p.uniform_(0.5, 1.5)
-            elif "relative_attention_bias" in name:
-                p.normal_(std=3.0)
-            elif name in ("shared.weight", "lm_head.weight"):
-                p.normal_(std=0.1)
-            else:
-                p.normal_(std=p.shape[1] ** -0.5)  # (out, in): 1 / sqrt(fan-in)
-
-
 @pytest.fixture(scope="module", params=list(SHAPES))
 def pair(request, transformers, tmp_path_factory):
     """(transformers model, attnkit model loaded from its save_pretrained folder, the folder), per shape."""
-    torch.manual_seed(list(SHAPES).index(request.param))
-    kw = SHAPES[request.param]
-    hf = transformers.T5ForConditionalGeneration(
-        transformers.T5Config(vocab_size=VOCAB, dropout_rate=0.0, decoder_start_token_id=0, **kw)
-    ).eval()
-    if not kw["tie_word_embeddings"]:
-        # transformers 5 ties the head to the embedding even in v1.1; untie it so the head's weights matter
-        hf.lm_head.weight = torch.nn.Parameter(torch.empty(VOCAB, kw["d_model"]))
-    randomize(hf)
     folder = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(folder)
-    return hf, load_t5(folder), folder
-
-
-def hf_greedy(hf, src, mask, max_new_tokens, eos_id):
-    from transformers import DynamicCache, EncoderDecoderCache
-
-    config = copy.deepcopy(hf.generation_config)
-    config.eos_token_id, config.pad_token_id = eos_id, 0
-    # transformers 5.24 sizes its default cache by the encoder's depth, which fails for a deeper decoder;
-    # a cache that grows layer by layer serves any depth
-    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    return hf.generate(input_ids=src, attention_mask=mask.long(), generation_config=config, do_sample=False,
-                       num_beams=1, max_new_tokens=max_new_tokens, cache=cache)
-
-
-def pad_after_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """attnkit repeats eos in finished rows, transformers pads them: the latter form, for comparing."""
-    is_eos = (tokens == eos_id).long()
-    return tokens.masked_fill(is_eos.cumsum(1) - is_eos > 0, 0)
+    hf, model = random_pair(request.param, folder, seed=list(SHAPES).index(request.param))
+    return hf, model, folder
 
 
 # ----------------------------------------------------------------------------------- parity with HF
@@ -140,6 +76,9 @@ def test_encoder_output_and_logits_equal_transformers(pair):
         logits = model(src, tgt, mask)
     assert relative_error(memory, theirs.encoder_last_hidden_state) < 1e-4
     assert relative_error(logits, theirs.logits) < 1e-4
+    report = compare(hf, model)  # what benchmarks/t5_parity.py reports, on the same batch
+    assert report["logits_relative_error"] == relative_error(logits, theirs.logits)
+    assert report["greedy_equal"] and report["greedy_tokens_differing"] == 0 and report["greedy_tokens"] >= 15
 
 
 def test_greedy_generation_equals_transformers(pair):
