@@ -196,6 +196,7 @@ def pretraining_summary(args) -> dict:
         summary[name] = {
             "preset": preset, "metric": metric, "steps": max(r["step"] for r in records),
             "curve": [(r["elapsed_s"], r[metric]) for r in evals],
+            "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
             **({"forward_backward": [(r["valid_forward_accuracy"], r["valid_backward_accuracy"]) for r in evals]}
                if name == "bilm" else {}),
             "parameters": sum(p.numel() for p in load_run(folder.path).model.parameters()),
@@ -216,12 +217,13 @@ def markdown(results: dict) -> str:
     pre = results.get("pretraining", {})
     if pre:
         lines += ["## Pre-training (same text, same budget, side by side)", "",
-                  "| model | preset | parameters | steps | final held-out accuracy |", "|---|---|---:|---:|---|"]
+                  "| model | preset | parameters | steps | held-out accuracy at the end | held-out loss (nats) |",
+                  "|---|---|---:|---:|---|---:|"]
         for name, p in pre.items():
             final = p["curve"][-1][1] if p["curve"] else float("nan")
-            what = "masked tokens" if name == "mlm" else "next/previous token (mean of the two LMs)"
+            what = "masked tokens" if name == "mlm" else "next and previous token, mean of the two LMs"
             lines.append(f"| {LABELS[name]} | {p['preset']} | {p['parameters']:,} | {p['steps']:,} | "
-                         f"{100 * final:.1f}% ({what}) |")
+                         f"{100 * final:.1f}% ({what}) | {p.get('final_eval_loss') or float('nan'):.3f} |")
         lines += ["", "Held-out accuracy against time: `transfer_pretraining.png`.", ""]
     lrs = {m: chosen_lr(results, m) for m in MODELS}
     lines += ["## Learning rates (validation accuracy, lexicographer file, 1,000 glosses)", "",
@@ -348,14 +350,14 @@ def main(argv=None) -> None:
                            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "minutes": args.minutes}
         if args.stage in ("all", "pretrain"):
             pretrain(args)
-        results["pretraining"] = pretraining_summary(args) or results.get("pretraining", {})
         if args.stage in ("all", "finetune"):
             sweep = [("lexname", m, 1000, lr) for m in args.models for lr in LEARNING_RATES[m]]
             run_grid([c for c in sweep if run_key(*c) not in results["runs"]], args, results, out)
             grid = [(t, m, s, chosen_lr(results, m)) for t in args.tasks for m in args.models for s in args.sizes]
             run_grid([c for c in grid if c[3] is not None and run_key(*c) not in results["runs"]], args, results, out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results["pretraining"] = pretraining_summary(args) or results.get("pretraining", {})
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     out.with_suffix(".md").write_text(markdown(results))
     plot(results, out.with_suffix(".png"))
     print(markdown(results))
