@@ -157,6 +157,13 @@ def run_grid(cells: list[tuple], args, results: dict, out: Path) -> None:
             record_runs(out.with_suffix(".json"), results, mine)
 
 
+def chosen_run(results: dict, task: str, model: str, size: int) -> dict | None:
+    """The run of a grid cell at ``model``'s chosen learning rate, if it was made and did not fail."""
+    lr = chosen_lr(results, model)
+    r = results["runs"].get(run_key(task, model, size, lr)) if lr is not None else None
+    return r if r and "error" not in r else None
+
+
 def chosen_lr(results: dict, model: str) -> float | None:
     """The learning rate of ``model``'s best validation accuracy on the lexicographer file with 1,000 glosses."""
     tried = [r for r in results["runs"].values() if r["task"] == "lexname" and r["model"] == model
@@ -241,13 +248,14 @@ def markdown(results: dict) -> str:
         for m in MODELS:
             cells = []
             for s in SIZES:
-                r = runs.get(run_key(task, m, s, lrs[m])) if lrs[m] is not None else None
-                if r and "error" not in r:
+                r = chosen_run(results, task, m, s)
+                if r:
                     cells.append(f"{100 * r['test_accuracy']:.1f}% (F1 {100 * r['test_macro_f1']:.1f}, "
                                  f"{r['steps']} steps)")
                     majority = r["majority_accuracy"]
                 else:
-                    cells.append("failed: " + r["error"] if r else "-")
+                    failed = runs.get(run_key(task, m, s, lrs[m])) if lrs[m] is not None else None
+                    cells.append("failed: " + failed["error"] if failed else "-")
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
         if majority is not None:
             lines += ["", f"Always the most frequent class: {100 * majority:.1f}%."]
@@ -276,17 +284,14 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs, lrs = results["runs"], {m: chosen_lr(results, m) for m in MODELS}
     fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4.2), squeeze=False)
     for ax, task in zip(axes[0], TASKS):
         majority = None
         for m in MODELS:
             pts = []
-            for s in SIZES:
-                r = runs.get(run_key(task, m, s, lrs[m])) if lrs[m] is not None else None
-                if r and "error" not in r:
-                    pts.append((r["train_examples"], 100 * r["test_accuracy"]))
-                    majority = r["majority_accuracy"]
+            for r in filter(None, (chosen_run(results, task, m, s) for s in SIZES)):
+                pts.append((r["train_examples"], 100 * r["test_accuracy"]))
+                majority = r["majority_accuracy"]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="o", label=LABELS[m])
