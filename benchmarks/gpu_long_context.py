@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,6 +78,25 @@ class Device:
             self.sync()
             times.append(time.perf_counter() - t0)
         return statistics.median(times), times, self.peak(), base
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def commit() -> str:
+    """The commit measured: $ATTNKIT_COMMIT (a copy without .git), else git's HEAD."""
+    if os.environ.get("ATTNKIT_COMMIT"):
+        return os.environ["ATTNKIT_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def is_oom(e: BaseException) -> bool:
@@ -159,7 +180,7 @@ def reformer_step(dev: Device, L: int, args, repeats: int) -> dict:
 def markdown(meta: dict, rows: list[dict], summary: dict) -> str:
     out = [
         "# Long context on one GPU", "", f"`{meta['command']}`", "",
-        f"{meta['device']}; torch {meta['torch']}; batch 1, {meta['heads']} heads x {meta['d_head']}, "
+        f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}; commit {meta['commit']}; batch 1, {meta['heads']} heads x {meta['d_head']}, "
         f"{meta['n_hashes']} hashes, bucket {meta['bucket_size']}, causal; median of {meta['repeats']} steps after a warm-up.",
         "", "## One attention layer, forward + backward", "",
         "| tokens | implementation | time (s) | peak (GB) | peak above inputs (GB) | SDPA time / ours |",
@@ -215,7 +236,7 @@ def main(argv=None) -> None:
     name = torch.cuda.get_device_name(dev.device) if dev.cuda else f"CPU ({platform.machine()}, smoke run)"
     meta = {
         "command": "python benchmarks/gpu_long_context.py " + " ".join(sys.argv[1:]), "device": name,
-        "torch": torch.__version__, "heads": args.heads, "d_head": args.d_head, "n_hashes": args.n_hashes,
+        "torch": torch.__version__, "triton": triton_version(), "commit": commit(), "heads": args.heads, "d_head": args.d_head, "n_hashes": args.n_hashes,
         "bucket_size": args.bucket_size, "repeats": args.repeats, "budget_gb": args.budget_gb,
     }
     if dev.cuda:
@@ -223,10 +244,21 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     rows = []
 
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(summary):
+        meta["wall_s"] = time.perf_counter() - t_start
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=2))
+        text = markdown(meta, rows, summary)
+        out.with_suffix(".md").write_text(text)
+        return text
+
     def record(r):
         rows.append(r)
         shown = r.get("error") or f"{r['time_s']:.4f} s, {r['peak_gb']:.2f} GB"
         print(f"[{time.perf_counter() - t_start:6.0f} s] {r['part']:<12} {r.get('impl', ''):<8} L={r['length']:>10,}  {shown}", flush=True)
+        save({"longest_in_budget": "pending (run in progress)", "longest_on_card": "pending (run in progress)"})  # a killed run keeps its rows
 
     for L in args.lengths:
         for impl in ("attnkit", "sdpa"):
@@ -255,13 +287,7 @@ def main(argv=None) -> None:
         else:
             stopped = "search stopped by --max-step-s"
         summary["longest_on_card"] = f"{last:,} tokens ({stopped})"
-    meta["wall_s"] = time.perf_counter() - t_start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=2))
-    text = markdown(meta, rows, summary)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    print(save(summary))
 
 
 if __name__ == "__main__":

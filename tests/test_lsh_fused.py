@@ -107,3 +107,45 @@ def test_fused_head_width_that_is_not_a_power_of_two():
     kw = dict(n_hashes=2, bucket_size=16, causal=True, seed=9)
     for a, b in zip(run(qk, v, grad, impl="fused", **kw), run(qk, v, grad, impl="chunked", **kw)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not CUDA, reason="benchmark-sized shapes: minutes in Triton's interpreter, seconds on a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_equals_chunked_at_benchmark_shapes_on_cuda(dtype):
+    # The shapes benchmarks/gpu_long_context.py times (8 heads x 64, 4 hashes, bucket 64, causal), at 16,384
+    # tokens with padding at the end of the second sequence: many chunks per round, every kernel tile used.
+    B, H, L, D = 2, 8, 16384, 64
+    qk, v = inputs(B, H, L, D, seed=11)
+    mask = torch.ones(B, L, dtype=torch.bool, device=DEVICE)
+    mask[1, L - 1000 :] = False
+    grad = torch.randn(B, H, L, D, device=DEVICE)
+    kw = dict(n_hashes=4, bucket_size=64, causal=True, key_mask=mask, seed=3)
+    fused = run(qk.to(dtype), v.to(dtype), grad, impl="fused", **kw)
+    chunked = run(qk, v, grad, impl="chunked", **kw)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=0.05, atol=0.06)
+    for name, a, b in zip(("out", "dqk", "dv"), fused, chunked):
+        assert a.dtype == dtype and torch.isfinite(a).all(), name
+        torch.testing.assert_close(a.float(), b, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.skipif(not CUDA, reason="a model-sized check of impl='auto' choosing the fused path on CUDA")
+def test_reformer_lm_on_cuda_auto_equals_chunked():
+    from attnkit.models import ReformerConfig, ReformerLM
+
+    torch.manual_seed(0)
+    cfg = ReformerConfig(vocab_size=256, d_model=128, n_heads=4, n_layers=2, d_ff=256, max_len=4096,
+                         axial_shape=(64, 64), n_hashes=2, bucket_size=32, reversible=True, dropout=0.0)
+    model = ReformerLM(cfg).to(DEVICE).eval()  # eval: the layers hash with their fixed eval_seed
+    tokens = torch.randint(0, 256, (2, 4096), device=DEVICE)
+    losses, grads = [], []
+    for impl in ("auto", "chunked"):
+        for m in model.modules():
+            if hasattr(m, "impl"):
+                m.impl = impl
+        model.zero_grad()
+        loss = model.loss(tokens)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-4)
