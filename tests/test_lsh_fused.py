@@ -77,8 +77,9 @@ def test_fused_half_precision_is_finite_and_close(dtype):
     qk, v = inputs(1, 2, 80, 16)
     grad = torch.randn(1, 2, 80, 16, device=DEVICE)
     kw = dict(n_hashes=2, bucket_size=16, causal=True, seed=5)
-    half = run(qk.to(dtype), v.to(dtype), grad, impl="fused", **kw)
-    full = run(qk, v, grad, impl="chunked", **kw)
+    qk, v = qk.to(dtype), v.to(dtype)
+    half = run(qk, v, grad, impl="fused", **kw)
+    full = run(qk.float(), v.float(), grad, impl="chunked", **kw)  # the same rounded inputs: the same buckets
     for a, b in zip(half, full):
         assert a.dtype == dtype and torch.isfinite(a).all()
         torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.06)
@@ -120,8 +121,11 @@ def test_fused_equals_chunked_at_benchmark_shapes_on_cuda(dtype):
     mask[1, L - 1000 :] = False
     grad = torch.randn(B, H, L, D, device=DEVICE)
     kw = dict(n_hashes=4, bucket_size=64, causal=True, key_mask=mask, seed=3)
-    fused = run(qk.to(dtype), v.to(dtype), grad, impl="fused", **kw)
-    chunked = run(qk, v, grad, impl="chunked", **kw)
+    # The reference gets the inputs rounded to dtype: hashing the unrounded ones moves ~0.6% of the tokens
+    # to other buckets in bf16 (seen on an H200), which compares two different attention patterns.
+    qk, v = qk.to(dtype), v.to(dtype)
+    fused = run(qk, v, grad, impl="fused", **kw)
+    chunked = run(qk.float(), v.float(), grad, impl="chunked", **kw)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=0.05, atol=0.06)
     for name, a, b in zip(("out", "dqk", "dv"), fused, chunked):
         assert a.dtype == dtype and torch.isfinite(a).all(), name
