@@ -184,6 +184,19 @@ def test_masked_lm_task_scores_only_chosen_positions():
     assert int(loss.count) == int(chosen.sum()) and torch.allclose(loss.sum, expected)
 
 
+def test_masked_lm_training_rate_is_settable_and_evaluation_stays_at_fifteen_percent():
+    stream = torch.arange(60000) % 20
+    task = MaskedLMTask(stream[:50000], stream[50000:], mask_id=20, vocab_size=21, context=128, batch_size=32,
+                        seed=1, p=0.4)
+    train_rate = sum(float((task.batch(i)[1] != IGNORE).float().mean()) for i in range(5)) / 5
+    eval_labels = torch.cat([labels for _, labels in task.eval_batches()])
+    assert abs(train_rate - 0.4) < 0.02, train_rate
+    assert abs(float((eval_labels != IGNORE).float().mean()) - 0.15) < 0.02
+    # the evaluation positions do not depend on the training rate
+    same = MaskedLMTask(stream[:50000], stream[50000:], mask_id=20, vocab_size=21, context=128, batch_size=32, seed=1)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(task.eval_batches(), same.eval_batches()))
+
+
 def test_mask_tokens_follows_berts_80_10_10_of_15_percent_and_never_touches_special_positions():
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 1000, (64, 512), generator=g)

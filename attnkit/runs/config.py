@@ -55,7 +55,8 @@ class DataConfig(Config):
     same nested samples), draw the tasks examples-proportionally with each task's count capped at
     ``mixture_cap`` (T5's K, section 3.5.2; 0: no cap), and score the first ``valid_bleu_sentences``
     validation sources of each task (greedy) at each evaluation. Span-corruption runs corrupt windows of
-    ``context`` tokens.
+    ``context`` tokens. Masked-LM runs choose ``mask_prob`` of the tokens of each training window (BERT:
+    0.15); their held-out figures always mask 15%.
     """
 
     corpus: str = "kjv"
@@ -68,6 +69,7 @@ class DataConfig(Config):
     valid_bleu_sentences: int = 0
     train_examples: int = 0
     mixture_cap: int = 0
+    mask_prob: float = 0.15
     seed: int = 0
 
     def __post_init__(self):
@@ -80,6 +82,8 @@ class DataConfig(Config):
             raise ValueError(f"DataConfig.valid_bleu_sentences must be >= 0, got {self.valid_bleu_sentences}")
         if self.train_examples < 0:
             raise ValueError(f"DataConfig.train_examples must be >= 0 (0: all), got {self.train_examples}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"DataConfig.mask_prob must be in (0, 1), got {self.mask_prob}")
         if self.mixture_cap < 0:
             raise ValueError(f"DataConfig.mixture_cap must be >= 0 (0: no cap), got {self.mixture_cap}")
 

@@ -209,12 +209,13 @@ class MaskedLMKind(_TextKind):
         train, valid = _text(data.corpus)
         vocab = tokenizer.vocab_size + 1
         return MaskedLMTask(self._ids(train, tokenizer), self._ids(valid, tokenizer), mask_id=vocab - 1,
-                            vocab_size=vocab, **self._stream_args(data))
+                            vocab_size=vocab, p=data.mask_prob, **self._stream_args(data))
 
     def evaluate(self, model, tokenizer, data, *, max_tokens: int | None = None, **_) -> Evaluation:
         """Masked-token accuracy and loss over consecutive windows of the held-out text, masked with
         seeds fixed by the data seed (the same positions at every evaluation)."""
         from ..train import derive_seed, mask_tokens
+        from ..train.tasks import EVAL_MASK_P
 
         ids = self._held_out(data, tokenizer, max_tokens)
         T, B, vocab = data.context, data.batch_size, model.config.vocab_size
@@ -223,7 +224,7 @@ class MaskedLMKind(_TextKind):
             raise UsageError(f"the held-out text has {ids.numel()} tokens, fewer than data.context = {T}")
         windows = ids[: n_windows * T].view(n_windows, T)
         batches = (
-            mask_tokens(windows[i : i + B], mask_id=vocab - 1, vocab_size=vocab,
+            mask_tokens(windows[i : i + B], mask_id=vocab - 1, vocab_size=vocab, p=EVAL_MASK_P,
                         generator=torch.Generator().manual_seed(derive_seed(data.seed, "mlm-eval", i)))
             for i in range(0, n_windows, B)
         )
