@@ -109,11 +109,28 @@ def settings(task: str, model: str, size: int, lr: float, args) -> list[str]:
             f"train.eval_every={args.eval_every}", "train.keep_best=true", "train.checkpoint_every=1000000",
             "train.keep_checkpoints=1", "train.progress=false"]
     start = MODELS[model][1]
+    if model == "scratch":  # the same encoder as the masked LM's, so that the two differ by pre-training only
+        sets += [f"model.{k}={v}" for k, v in mlm_shape(args).items()]
     if start == "minilm":
         sets.append(f"model.init_from=hf:{minilm_folder()}")
     elif start is not None:
         sets.append(f"model.init_from={Path(args.out) / PRETRAIN[start]}")
     return sets
+
+
+SHAPE = ("d_model", "n_heads", "n_layers", "d_ff")
+
+
+def mlm_shape(args) -> dict:
+    """The masked LM's encoder shape: its pre-training run's, else the ``english_mlm`` preset's."""
+    run = Path(args.out) / PRETRAIN["mlm"] / "run.json"
+    if run.exists():
+        model = json.loads(run.read_text())["model"]
+    else:
+        from attnkit.runs import RunConfig
+
+        model = RunConfig.load(PRETRAIN["mlm"]).model
+    return {k: model[k] for k in SHAPE if k in model}
 
 
 def launch(task: str, model: str, size: int, lr: float, args) -> subprocess.Popen:

@@ -50,3 +50,25 @@ def test_transfer_chooses_learning_rates_on_validation_and_reports_the_chosen_ru
     assert "| encoder from scratch | 0.0002: 30.0% | 0.0005: 50.0% | 0.001: 30.0% | 0.0005 |" in text
     t.plot(results, tmp_path / "transfer.png")
     assert (tmp_path / "transfer.png").stat().st_size > 10_000
+
+
+def test_transfer_trains_the_scratch_encoder_in_the_masked_lms_shape(tmp_path):
+    import json
+    from argparse import Namespace
+
+    t = load("transfer")
+    args = Namespace(out=str(tmp_path), eval_batches=10, minutes=3.0, warmup_steps=30, eval_every=50)
+    run = tmp_path / t.PRETRAIN["mlm"]
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"model": {"type": "TransformerEncoderForMaskedLM", "d_model": 192,
+                                                        "n_heads": 3, "n_layers": 2, "d_ff": 512, "dropout": 0.0}}))
+    scratch = t.settings("lexname", "scratch", 1000, 1e-3, args)
+    for item in ("model.d_model=192", "model.n_heads=3", "model.n_layers=2", "model.d_ff=512"):
+        assert item in scratch
+    assert not any(s.startswith("model.dropout") for s in scratch)  # the classifier keeps its own dropout
+    assert not any(s.startswith("model.n_layers") for s in t.settings("lexname", "mlm", 1000, 1e-3, args))
+    (run / "run.json").unlink()  # no pre-training run yet: the preset's shape
+    from attnkit.runs import RunConfig
+
+    preset = RunConfig.load(t.PRETRAIN["mlm"]).model
+    assert f"model.n_layers={preset['n_layers']}" in t.settings("pos", "scratch", 0, 1e-3, args)
