@@ -72,3 +72,31 @@ def test_transfer_trains_the_scratch_encoder_in_the_masked_lms_shape(tmp_path):
 
     preset = RunConfig.load(t.PRETRAIN["mlm"]).model
     assert f"model.n_layers={preset['n_layers']}" in t.settings("pos", "scratch", 0, 1e-3, args)
+
+
+def test_transfer_recipe_choice_uses_held_out_masked_accuracy_of_the_longest_runs(tmp_path):
+    import json
+
+    t = load("transfer")
+    base = {"model": {"type": "TransformerEncoderForMaskedLM", "n_layers": 4, "dropout": 0.1}, "data": {"corpus": "english"},
+            "train": {"lr": 1e-3}}
+
+    def fake_run(name, layers, minutes, accuracies):
+        path = tmp_path / name
+        path.mkdir()
+        run = json.loads(json.dumps(base))
+        run["model"]["n_layers"] = layers
+        (path / "run.json").write_text(json.dumps(run))
+        records = [{"step": 10 * (i + 1), "eval_loss": 6.0 - a, "valid_masked_accuracy": a,
+                    "elapsed_s": 60 * minutes * (i + 1) / len(accuracies)} for i, a in enumerate(accuracies)]
+        (path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        return str(path)
+
+    runs = [fake_run("short", 2, 10, [0.1, 0.5]),  # best accuracy, but a shorter run: not a candidate
+            fake_run("deep", 4, 60, [0.1, 0.3, 0.2]),  # its peak was earlier; the last evaluation counts
+            fake_run("shallow", 2, 60, [0.1, 0.25])]
+    rows = t.recipe_summary(runs)
+    assert [r["chosen"] for r in rows] == [False, False, True]
+    assert rows[2]["data.mask_prob"] == 0.15 and rows[2]["train.warmup_steps"] == 100  # defaults filled in
+    text = t.markdown({"meta": {"torch": "2.x", "machine": "test", "minutes": 3.0}, "runs": {}, "mlm_recipe": rows})
+    assert f"| {runs[2]} | 2 | 0.1 | 0.001 | 100 | 0.15 | 60 | 20 | 25.0% | 5.750 | chosen |" in text
