@@ -290,7 +290,8 @@ def markdown(results: dict) -> str:
         for r in recipe:
             lines.append(f"| {r['run']} | {r['model.n_layers']} | {r['model.dropout']:g} | {r['train.lr']:g} | "
                          f"{r['train.warmup_steps']} | {r['data.mask_prob']:g} | {r['minutes']:.0f} | {r['steps']:,} | "
-                         f"{100 * r['masked_accuracy']:.1f}% | {r['eval_loss']:.3f} | {'chosen' if r['chosen'] else ''} |")
+                         f"{100 * r['masked_accuracy']:.1f}% | {r['eval_loss']:.3f} | "
+                         f"{'chosen' if r['chosen'] else ''} |")
         lines.append("")
     lrs = {m: chosen_lr(results, m) for m in MODELS}
     lines += ["## Learning rates (validation accuracy, lexicographer file, 1,000 glosses)", "",

@@ -78,8 +78,8 @@ def test_transfer_recipe_choice_uses_held_out_masked_accuracy_of_the_longest_run
     import json
 
     t = load("transfer")
-    base = {"model": {"type": "TransformerEncoderForMaskedLM", "n_layers": 4, "dropout": 0.1}, "data": {"corpus": "english"},
-            "train": {"lr": 1e-3}}
+    base = {"model": {"type": "TransformerEncoderForMaskedLM", "n_layers": 4, "dropout": 0.1},
+            "data": {"corpus": "english"}, "train": {"lr": 1e-3}}
 
     def fake_run(name, layers, minutes, accuracies):
         path = tmp_path / name
