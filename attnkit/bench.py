@@ -81,7 +81,11 @@ BENCHMARKS = {"generation": generation, "attention": attention}
 
 
 def git_commit(repo: str | Path = ".") -> str:
-    """Short hash of HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+    """Short hash of HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git.
+    ``$ATTNKIT_COMMIT``, when set, names it instead (a copy of the tree without its history, e.g. on a
+    machine lent for GPU runs)."""
+    if os.environ.get("ATTNKIT_COMMIT"):
+        return os.environ["ATTNKIT_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True).stdout.strip()

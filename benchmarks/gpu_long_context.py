@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnkit.bench import provenance  # noqa: E402
 from attnkit.functional import lsh_attention  # noqa: E402
 from attnkit.models import ReformerConfig, ReformerLM  # noqa: E402
 
@@ -78,25 +78,6 @@ class Device:
             self.sync()
             times.append(time.perf_counter() - t0)
         return statistics.median(times), times, self.peak(), base
-
-
-def triton_version() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return None
-    return triton.__version__
-
-
-def commit() -> str:
-    """The commit measured: $ATTNKIT_COMMIT (a copy without .git), else git's HEAD."""
-    if os.environ.get("ATTNKIT_COMMIT"):
-        return os.environ["ATTNKIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def is_oom(e: BaseException) -> bool:
@@ -180,7 +161,8 @@ def reformer_step(dev: Device, L: int, args, repeats: int) -> dict:
 def markdown(meta: dict, rows: list[dict], summary: dict) -> str:
     out = [
         "# Long context on one GPU", "", f"`{meta['command']}`", "",
-        f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}; commit {meta['commit']}; batch 1, {meta['heads']} heads x {meta['d_head']}, "
+        f"{meta['device']}; torch {meta['torch']}, triton {meta['triton']}; commit {meta['commit']}; "
+        f"load average {meta['load_before'][0]:.2f} before, {meta.get('load_after', [float('nan')])[0]:.2f} after; batch 1, {meta['heads']} heads x {meta['d_head']}, "
         f"{meta['n_hashes']} hashes, bucket {meta['bucket_size']}, causal; median of {meta['repeats']} steps after a warm-up.",
         "", "## One attention layer, forward + backward", "",
         "| tokens | implementation | time (s) | peak (GB) | peak above inputs (GB) | SDPA time / ours |",
@@ -235,8 +217,8 @@ def main(argv=None) -> None:
     dev = Device(torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
     name = torch.cuda.get_device_name(dev.device) if dev.cuda else f"CPU ({platform.machine()}, smoke run)"
     meta = {
-        "command": "python benchmarks/gpu_long_context.py " + " ".join(sys.argv[1:]), "device": name,
-        "torch": torch.__version__, "triton": triton_version(), "commit": commit(), "heads": args.heads, "d_head": args.d_head, "n_hashes": args.n_hashes,
+        **provenance(__file__, sys.argv[1:], ("torch", "triton")), "device": name,
+        "heads": args.heads, "d_head": args.d_head, "n_hashes": args.n_hashes,
         "bucket_size": args.bucket_size, "repeats": args.repeats, "budget_gb": args.budget_gb,
     }
     if dev.cuda:
@@ -248,7 +230,7 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(summary):
-        meta["wall_s"] = time.perf_counter() - t_start
+        meta["wall_s"], meta["load_after"] = time.perf_counter() - t_start, list(os.getloadavg())
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=2))
         text = markdown(meta, rows, summary)
         out.with_suffix(".md").write_text(text)

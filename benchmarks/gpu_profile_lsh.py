@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnkit.bench import provenance  # noqa: E402
 from attnkit.functional import lsh_attention  # noqa: E402
 
 
@@ -48,7 +49,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("gpu_profile_lsh.py needs a CUDA GPU")
-    text = f"# Fused LSH attention: CUDA time by kernel\n\n{torch.cuda.get_device_name()}; torch {torch.__version__}\n\n"
+    meta = provenance(__file__, sys.argv[1:], ("torch", "triton"))
+    text = (f"# Fused LSH attention: CUDA time by kernel\n\n`{meta['command']}`\n\n{torch.cuda.get_device_name()}; "
+            f"torch {meta['torch']}, triton {meta['triton']}; commit {meta['commit']}; "
+            f"load average {meta['load_before'][0]:.2f} before\n\n")
     for L in args.lengths:
         text += profile_length(L, args.heads, args.d_head, args.rows)
         print(text, flush=True)

@@ -234,8 +234,8 @@ RECIPE = ("model.n_layers", "model.dropout", "train.lr", "train.warmup_steps", "
 
 def recipe_summary(paths: list[str]) -> list[dict]:
     """Masked-LM pre-training runs tried for the recipe: their settings and held-out masked-token figures
-    at their last evaluation. The preset keeps the best of the longest runs (held-out text, never the
-    downstream test glosses)."""
+    at their last evaluation. The preset keeps the best of the runs with the longest budget
+    (``train.minutes``; held-out text, never the downstream test glosses)."""
     from attnkit.runs import RunConfig
     from attnkit.train.runfolder import RunFolder
 
@@ -248,12 +248,12 @@ def recipe_summary(paths: list[str]) -> list[dict]:
             sys.exit(f"transfer.py: {path} has no held-out masked-token evaluation yet")
         rows.append({
             "run": str(path), **{k: config[k.split(".")[0]].get(k.split(".")[1]) for k in RECIPE},
-            "steps": max(r["step"] for r in records), "minutes": evals[-1]["elapsed_s"] / 60,
+            "steps": max(r["step"] for r in records), "minutes": config["train"]["minutes"],
             "masked_accuracy": evals[-1]["valid_masked_accuracy"], "eval_loss": evals[-1]["eval_loss"],
             "curve": [(r["elapsed_s"], r["valid_masked_accuracy"]) for r in evals],
         })
-    longest = max(round(r["minutes"]) for r in rows)
-    best = max((r for r in rows if round(r["minutes"]) == longest), key=lambda r: r["masked_accuracy"])
+    longest = max(r["minutes"] for r in rows)  # the budget each run was given, not when it last evaluated
+    best = max((r for r in rows if r["minutes"] == longest), key=lambda r: r["masked_accuracy"])
     for r in rows:
         r["chosen"] = r is best
     return rows
@@ -435,9 +435,10 @@ def main(argv=None) -> None:
     if args.mlm_candidates:
         results["mlm_recipe"] = recipe_summary(args.mlm_candidates)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    out.with_suffix(".md").write_text(markdown(results))
+    text = markdown(results)
+    out.with_suffix(".md").write_text(text)
     plot(results, out.with_suffix(".png"))
-    print(markdown(results))
+    print(text)
 
 
 if __name__ == "__main__":

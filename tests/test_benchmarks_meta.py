@@ -95,3 +95,11 @@ def test_tiny_run_writes_meta_and_rows(tmp_path):
     assert meta["memory_unit"] == "GiB" and meta["batch"] == 2 and len(meta["load_after"]) == 3
     assert rows[0]["settings"] == bench.settings("sdpa", 8) and len(rows[0]["times_s"]) == 2, rows
     assert "Batch 2," in out.with_suffix(".md").read_text()
+
+
+def test_commit_can_be_named_where_the_tree_has_no_history(monkeypatch, tmp_path):
+    from attnkit.bench import git_commit
+
+    assert git_commit(tmp_path) == "unknown"  # no git repository there
+    monkeypatch.setenv("ATTNKIT_COMMIT", "808d4e1")
+    assert git_commit(tmp_path) == "808d4e1"

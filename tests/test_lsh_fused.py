@@ -133,15 +133,20 @@ def test_fused_equals_chunked_at_benchmark_shapes_on_cuda(dtype):
 
 
 @pytest.mark.skipif(not CUDA, reason="a model-sized check of impl='auto' choosing the fused path on CUDA")
-def test_reformer_lm_on_cuda_auto_equals_chunked():
+def test_reformer_lm_on_cuda_auto_equals_chunked(monkeypatch):
+    import attnkit.kernels.lsh as kernels
     from attnkit.models import ReformerConfig, ReformerLM
+
+    fused_calls = []
+    fused = kernels.fused_lsh_attention
+    monkeypatch.setattr(kernels, "fused_lsh_attention", lambda *a, **kw: fused_calls.append(1) or fused(*a, **kw))
 
     torch.manual_seed(0)
     cfg = ReformerConfig(vocab_size=256, d_model=128, n_heads=4, n_layers=2, d_ff=256, max_len=4096,
                          axial_shape=(64, 64), n_hashes=2, bucket_size=32, reversible=True, dropout=0.0)
     model = ReformerLM(cfg).to(DEVICE).eval()  # eval: the layers hash with their fixed eval_seed
     tokens = torch.randint(0, 256, (2, 4096), device=DEVICE)
-    losses, grads = [], []
+    losses, grads, calls = [], [], []
     for impl in ("auto", "chunked"):
         for m in model.modules():
             if hasattr(m, "impl"):
@@ -150,6 +155,9 @@ def test_reformer_lm_on_cuda_auto_equals_chunked():
         loss = model.loss(tokens)
         loss.backward()
         losses.append(loss.detach())
+        calls.append(len(fused_calls))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    # "auto" ran the fused kernels in every layer (a reversible backward may run them again), "chunked" never
+    assert calls[0] >= cfg.n_layers and calls[1] == calls[0]
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-4)
