@@ -39,6 +39,8 @@ CORPORA = {  # training corpus -> the test sets its models are scored on
 }
 EVERY = 100  # example translations: every 100th test source
 RESULTS = Path(__file__).with_name("results") / "translation"
+RECIPES = RESULTS.with_name("translation_recipe")  # the validation runs the presets' settings were chosen on
+SHARED = ("data.corpus=", "train.minutes=", "train.progress=", "data.valid_bleu_sentences=")  # set for every run
 
 
 def child(args) -> None:
@@ -118,7 +120,7 @@ def markdown(results: dict) -> str:
         lines.append(f"- {r['model']} on {r['corpus']}: `{r['command']}` at {r['commit']}, "
                      f"{r.get('threads', '?')} threads, load {r['load_before'][0]:.1f} before; settings "
                      f"{', '.join(r.get('settings', [])) or '-'}")
-    lines += ["", f"## Example translations (every {EVERY}th test source)", ""]
+    lines += ["", *recipe_lines(RECIPES), f"## Example translations (every {EVERY}th test source)", ""]
     by_test: dict[str, dict[str, list]] = {}
     for r in ordered:
         for test, t in r.get("tests", {}).items():
@@ -134,6 +136,34 @@ def markdown(results: dict) -> str:
                     lines.append(f"  - {model}: {examples[i][1]}")
         lines.append("")
     return "\n".join(lines)
+
+
+def recipe_lines(folder: Path) -> list[str]:
+    """The settings' choice, from the candidates' results in ``folder`` (one JSON per candidate, written by
+    this script with ``--results``): each candidate's final held-out loss and validation BLEU (greedy);
+    per model, the lowest loss was chosen."""
+    candidates = [(path.stem, r) for path in sorted(folder.glob("*.json"))
+                  for r in json.loads(path.read_text())["runs"].values()
+                  if "error" not in r and r.get("valid_loss_curve")]
+    if not candidates:
+        return []
+    chosen = {}
+    for name, r in sorted(candidates, key=lambda c: -c[1]["valid_loss_curve"][-1][1]):
+        chosen[r["model"]] = name  # ends at the lowest loss
+    lines = ["## How the settings were chosen", "",
+             "Validation runs on the training corpus (held-out loss on its validation pairs, BLEU of greedy "
+             "translations of its first validation sources), never the test sets; per model the lowest final "
+             "loss was chosen and written into its preset. Settings are overrides of the preset at the commit "
+             "named.", "",
+             "| candidate | model | training corpus | minutes | parameters | steps | held-out loss | validation BLEU "
+             "| settings | commit | chosen |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for name, r in sorted(candidates, key=lambda c: (c[1]["model"], c[0])):
+        own = [s for s in r["settings"] if not s.startswith(SHARED)]
+        lines.append(f"| {name} | {r['model']} | {r['corpus']} | {r['train_minutes']:.0f} | {r['parameters']:,} | "
+                     f"{r['steps']:,} | {r['valid_loss_curve'][-1][1]:.3f} | {r['valid_curve'][-1][1]:.2f} | "
+                     f"{', '.join(own) or '-'} | {r['commit']} | {'yes' if chosen[r['model']] == name else ''} |")
+    return [*lines, ""]
 
 
 def plot(results: dict, path: Path) -> None:

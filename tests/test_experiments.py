@@ -102,3 +102,125 @@ def test_transfer_recipe_choice_uses_held_out_masked_accuracy_of_the_longest_run
     assert rows[2]["data.mask_prob"] == 0.15 and rows[2]["train.warmup_steps"] == 100  # defaults filled in
     text = t.markdown({"meta": {"torch": "2.x", "machine": "test", "minutes": 3.0}, "runs": {}, "mlm_recipe": rows})
     assert f"| {runs[2]} | 2 | 0.1 | 0.001 | 100 | 0.15 | 60 | 20 | 25.0% | 5.750 | chosen |" in text
+
+
+def _t5_run(name, scores, steps=100):
+    return {"run": name, "preset": "t5_span_english" if name == "span" else "t5_multitask", "scores": scores,
+            "steps": steps, "train_minutes": 20.0, "parameters": 13_590_272, "threads": 1, "peak_rss_gib": 1.5,
+            "settings": ["train.minutes=20.0"], "examples": [], "curves": {}, "beam_size": 4, "limit": 500,
+            "load_before": [1.0, 1, 1], "load_after": [2.0, 1, 1], "command": "python experiments/t5.py",
+            "commit": "abc1234", "torch": "2.x", "cpu_model": "test CPU", "cpu_count": 2}
+
+
+def test_t5_table_puts_each_runs_scores_in_its_column_and_the_gain_is_pretrained_minus_scratch(tmp_path):
+    pytest.importorskip("matplotlib")
+    t = load("t5")
+    everything = {"de-en_bleu": 12.0, "de-en_chrf": 33.0, "de-en_examples": 500, "fr-en_bleu": 20.0,
+                  "fr-en_chrf": 45.0, "fr-en_examples": 500, "pos_accuracy": 0.6, "pos_majority_accuracy": 0.48,
+                  "pos_examples": 500, "define_bleu": 3.0, "define_chrf": 18.0, "define_examples": 500}
+    pre = {**everything, "de-en_bleu": 15.5, "de-en_chrf": 35.3, "fr-en_bleu": 19.0, "fr-en_chrf": 46.0,
+           "pos_accuracy": 0.75}
+    del pre["define_chrf"]  # a score missing from a run: "-", and no gain
+    runs = {"multitask": _t5_run("multitask", everything), "multitask_pre": _t5_run("multitask_pre", pre),
+            "single-de-en": _t5_run("single-de-en", {"de-en_bleu": 10.0, "de-en_chrf": 30.0, "de-en_examples": 500}),
+            "single-pos": _t5_run("single-pos", {"pos_accuracy": 0.5, "pos_majority_accuracy": 0.48,
+                                                 "pos_examples": 500}),
+            "single-fr-en": {"run": "single-fr-en", "error": "out of memory", "load_before": [1.0, 1, 1]},
+            "span": _t5_run("span", {"target_accuracy": 0.25, "target_loss": 4.5, "target_tokens": 7000}, 900)}
+    results = {"meta": {"torch": "2.x", "machine": "test", "beam_size": 4, "limit": 500}, "runs": runs}
+    text = t.markdown(results)
+    assert ("| task | score | single-task | multi-task from scratch | multi-task pre-trained | gain from pre-training |"
+            in text)
+    assert "| de-en (500) | BLEU / chrF | 10.0 / 30.0 | 12.0 / 33.0 | 15.5 / 35.3 | +3.5 / +2.3 |" in text
+    assert "| fr-en (500) | BLEU / chrF | failed | 20.0 / 45.0 | 19.0 / 46.0 | -1.0 / +1.0 |" in text
+    assert "| pos (500) | exact match (%) | 50.0 | 60.0 | 75.0 | +15.0 |" in text  # percentage points
+    assert "| define (500) | chrF | - | 18.0 | - | - |" in text  # no single-define run; no pre-trained chrF
+    assert "always the most frequent training label: 48.0%" in text
+    assert "accuracy 25.0%, loss 4.500 nats over 7,000 target tokens" in text
+    assert "| span | t5_span_english | 13,590,272 | 900 | 20.0 (20) | 1 | 1.0, 2.0 | 1.5 |" in text
+    assert "| single-fr-en | failed: out of memory |" in text
+    t.plot(results, tmp_path / "t5.png")
+    assert (tmp_path / "t5.png").stat().st_size > 10_000
+
+
+def test_t5_multitask_pre_needs_the_span_run_and_says_which_folder(tmp_path, monkeypatch, capsys):
+    t = load("t5")
+
+    def no_training(name, args):
+        raise AssertionError(f"{name} would have been trained")
+
+    monkeypatch.setattr(t, "run_one", no_training)
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit):
+        t.main(["--runs", "multitask_pre", "--out", str(out), "--results", str(tmp_path / "t5")])
+    err = capsys.readouterr().err
+    assert f"{out / 'span'} holds none" in err and "add span to --runs" in err
+    (out / "span").mkdir(parents=True)
+    (out / "span" / "run.json").write_text("{}")  # a run folder without a checkpoint is no start either
+    with pytest.raises(SystemExit):
+        t.main(["--runs", "multitask_pre", "--out", str(out), "--results", str(tmp_path / "t5")])
+    assert f"{out / 'span'} holds none" in capsys.readouterr().err
+
+
+def test_t5_multitask_pre_after_a_failed_span_run_is_an_error_row_not_a_run(tmp_path, monkeypatch):
+    import subprocess
+    from argparse import Namespace
+
+    t = load("t5")
+    real = subprocess.run
+
+    def no_child(cmd, *a, **k):  # git (the provenance) may run; a training process may not
+        if "--child" in cmd:
+            pytest.fail("a training process was started")
+        return real(cmd, *a, **k)
+
+    monkeypatch.setattr(subprocess, "run", no_child)
+    args = Namespace(out=str(tmp_path), minutes=1.0, pretrain_minutes=1.0, valid_sentences=5, limit=10, beam_size=1,
+                     span_tokens=1000, threads=None, set=[])
+    row = t.run_one("multitask_pre", args)
+    assert str(tmp_path / "span") in row["error"] and "load_after" in row
+
+
+def test_t5_refuses_set_items_for_unknown_runs(tmp_path, monkeypatch, capsys):
+    from argparse import Namespace
+
+    t = load("t5")
+
+    def no_training(name, args):
+        raise AssertionError(f"{name} would have been trained")
+
+    monkeypatch.setattr(t, "run_one", no_training)
+    for item in ("transformer:model.dropout=0.1", "model.dropout=0.1", "single-xx:train.lr=1e-3"):
+        with pytest.raises(SystemExit):
+            t.main(["--runs", "single-pos", "--set", item, "--out", str(tmp_path), "--results", str(tmp_path / "t5")])
+        err = capsys.readouterr().err
+        assert repr(item) in err and "RUN one of span, multitask, multitask_pre" in err and "text2text" in err
+    # the names that are accepted reach the runs they name
+    args = Namespace(out=str(tmp_path), minutes=1.0, pretrain_minutes=2.0, valid_sentences=5,
+                     set=["text2text:model.dropout=0.2", "single-pos:train.lr=5e-4", "all:train.eval_every=50"])
+    assert t.settings("single-pos", args)[-3:] == ["model.dropout=0.2", "train.lr=5e-4", "train.eval_every=50"]
+    assert t.settings("span", args) == ["train.minutes=2.0", "train.progress=false", "train.eval_every=50"]
+    assert f"model.init_from={tmp_path / 'span'}" in t.settings("multitask_pre", args)
+
+
+def test_translation_reports_the_candidates_and_chooses_the_lowest_validation_loss_per_model(tmp_path):
+    import json
+
+    translation = load("translation")
+
+    def candidate(name, model, loss, bleu, settings):
+        run = {"model": model, "corpus": "de-en-all", "train_minutes": 12.0, "parameters": 10, "steps": 5,
+               "settings": ["data.corpus=de-en-all", "train.minutes=12", *settings], "commit": "abc1234",
+               "valid_loss_curve": [[60, loss + 1], [720, loss]], "valid_curve": [[60, 0.0], [720, bleu]]}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"runs": {f"{model}-de-en-all": run}}))
+
+    candidate("t_small", "transformer", 4.0, 0.5, ["model.dropout=0.1"])
+    candidate("t_big", "transformer", 5.5, 0.9, ["model.d_model=256"])  # better BLEU, worse loss: not chosen
+    candidate("r_b64", "rnn", 4.4, 0.6, ["data.batch_size=64"])
+    candidate("r_b128", "rnn", 4.9, 0.4, [])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in translation.recipe_lines(tmp_path) if "de-en-all" in line}
+    assert rows["t_small"].endswith("| model.dropout=0.1 | abc1234 | yes |")
+    assert rows["t_big"].endswith("| model.d_model=256 | abc1234 |  |")
+    assert rows["r_b64"].endswith("| yes |") and rows["r_b128"].endswith("| - | abc1234 |  |")
+    assert "| 4.000 | 0.50 |" in rows["t_small"]
+    assert translation.recipe_lines(tmp_path / "none") == []

@@ -13,6 +13,8 @@ Tests hold it equal to the reference.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -31,22 +33,33 @@ def lsh_attention_dense(
 ) -> Tensor:
     """qk (B, H, L, D), v (B, H, L, D_v), buckets (B, H, R, L) in [0, n_buckets), valid (B, H, L) or None
     -> (B, H, L, D_v); ``chunk``, ``n_chunks``: the chunking of :func:`~attnkit.functional.lsh_plan`."""
-    B, H, L, _ = qk.shape
     with torch.no_grad():
-        count = _meetings(buckets, valid, chunk, n_chunks, n_buckets, across)  # (B, H, L, L)
-        allowed = ~torch.eye(L, dtype=torch.bool, device=qk.device)  # never itself ...
-        if causal:
-            allowed = allowed.tril()
-        if valid is not None:
-            allowed = allowed & valid[..., None, :] & valid[..., :, None]
-        count = count.masked_fill_(~allowed, 0)
-        if dedup:
-            count.clamp_(max=1)
-        count.diagonal(dim1=-2, dim2=-1).masked_fill_(count.sum(-1) == 0, 1)  # ... unless it meets no other
-        bias = count.to(qk.dtype).log_()  # (B, H, L, L), -inf where they never meet
+        bias = _bias(buckets, valid, chunk, n_chunks, n_buckets, causal, across, dedup, qk.dtype)  # (B, H, L, L)
     k = torch.nn.functional.normalize(qk, dim=-1)
     out = torch.nn.functional.scaled_dot_product_attention(qk, k, v, attn_mask=bias, scale=scale)
     return out if valid is None else out * valid[..., None]  # padding rows give zeros
+
+
+def _bias(buckets: Tensor, valid: Tensor | None, chunk: int, n_chunks: int, n: int, causal: bool, across: bool,
+          dedup: bool, dtype: torch.dtype) -> Tensor:
+    """(B, H, L, L) log of the meeting counts (``-inf`` where a pair never meets; at most 0 with ``dedup``),
+    with the causal, self and padding rules applied."""
+    L = buckets.shape[-1]
+    count = _meetings(buckets, valid, chunk, n_chunks, n, across)  # (B, H, L, L) int8
+    allowed = ~torch.eye(L, dtype=torch.bool, device=buckets.device)  # never itself ...
+    if causal:
+        allowed = allowed.tril()
+    if valid is not None:
+        allowed = allowed & valid[..., None, :] & valid[..., :, None]
+    count.masked_fill_(~allowed, 0)
+    if dedup:
+        count.clamp_(max=1)
+    count.diagonal(dim1=-2, dim2=-1).masked_fill_(count.sum(-1) == 0, 1)  # ... unless it meets no other
+    never = count == 0
+    if dedup:  # every count is 0 or 1: no logarithms to take
+        return torch.zeros(count.shape, dtype=dtype, device=count.device).masked_fill_(never, -math.inf)
+    # log of small counts: clamped to 1 first, since log(0) is a slow path on some CPUs
+    return count.to(dtype).clamp_(min=1).log_().masked_fill_(never, -math.inf)
 
 
 def _meetings(buckets: Tensor, valid: Tensor | None, chunk: int, n_chunks: int, n: int, across: bool) -> Tensor:
@@ -55,9 +68,14 @@ def _meetings(buckets: Tensor, valid: Tensor | None, chunk: int, n_chunks: int, 
     key = buckets if valid is None else buckets.masked_fill(~valid[:, :, None, :], n)  # padding sorts last
     ranks = (key * L + torch.arange(L, device=buckets.device)).argsort(-1).argsort(-1)  # (B, H, R, L)
     group = key if not across else (key == n).long() * n  # across buckets: one group of real tokens
-    where = (group * (n_chunks + 1) + ranks // chunk).to(torch.int32)  # (B, H, R, L)
+    where = group * (n_chunks + 1) + ranks // chunk  # (B, H, R, L)
+    # i meets j iff where_i - where_j is 0 or 1, i.e. the difference with its lowest bit cleared is 0: one
+    # subtraction, one AND and one comparison per round, in 16-bit integers where the window ids fit
+    small = int(where.max()) < 2**15 - 1
+    where = where.to(torch.int16 if small else torch.int32)
     count = torch.zeros(B, H, L, L, dtype=torch.int8, device=buckets.device)
+    d = torch.empty(B, H, L, L, dtype=where.dtype, device=buckets.device)
     for r in range(R):
-        d = where[:, :, r, :, None] - where[:, :, r, None, :]  # (B, H, L, L)
-        count += (d == 0) | (d == 1)
+        torch.sub(where[:, :, r, :, None], where[:, :, r, None, :], out=d)
+        count += d.bitwise_and_(-2) == 0
     return count
