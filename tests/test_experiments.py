@@ -218,7 +218,8 @@ def test_translation_reports_the_candidates_and_chooses_the_lowest_validation_lo
     candidate("t_big", "transformer", 5.5, 0.9, ["model.d_model=256"])  # better BLEU, worse loss: not chosen
     candidate("r_b64", "rnn", 4.4, 0.6, ["data.batch_size=64"])
     candidate("r_b128", "rnn", 4.9, 0.4, [])
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in translation.recipe_lines(tmp_path) if "de-en-all" in line}
+    lines = translation.recipe_lines(tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if "de-en-all" in line}
     assert rows["t_small"].endswith("| model.dropout=0.1 | abc1234 | yes |")
     assert rows["t_big"].endswith("| model.d_model=256 | abc1234 |  |")
     assert rows["r_b64"].endswith("| yes |") and rows["r_b128"].endswith("| - | abc1234 |  |")
