@@ -147,9 +147,11 @@ def recipe_lines(folder: Path) -> list[str]:
                   if "error" not in r and r.get("valid_loss_curve")]
     if not candidates:
         return []
-    chosen = {}
-    for name, r in sorted(candidates, key=lambda c: -c[1]["valid_loss_curve"][-1][1]):
-        chosen[r["model"]] = name  # ends at the lowest loss
+    def final_loss(c):
+        return c[1]["valid_loss_curve"][-1][1]
+
+    chosen = {model: min((c for c in candidates if c[1]["model"] == model), key=final_loss)[0]
+              for model in {r["model"] for _, r in candidates}}
     lines = ["## How the settings were chosen", "",
              "Validation runs on the training corpus (held-out loss on its validation pairs, BLEU of greedy "
              "translations of its first validation sources), never the test sets; per model the lowest final "

@@ -70,9 +70,9 @@ def _meetings(buckets: Tensor, valid: Tensor | None, chunk: int, n_chunks: int, 
     group = key if not across else (key == n).long() * n  # across buckets: one group of real tokens
     where = group * (n_chunks + 1) + ranks // chunk  # (B, H, R, L)
     # i meets j iff where_i - where_j is 0 or 1, i.e. the difference with its lowest bit cleared is 0: one
-    # subtraction, one AND and one comparison per round, in 16-bit integers where the window ids fit
-    small = int(where.max()) < 2**15 - 1
-    where = where.to(torch.int16 if small else torch.int32)
+    # subtraction, one AND and one comparison per round, in 16-bit integers where the window ids fit (the
+    # largest id, n * (n_chunks + 1) + n_chunks - 1, is known without reading the tensor)
+    where = where.to(torch.int16 if (n + 1) * (n_chunks + 1) < 2**15 else torch.int32)
     count = torch.zeros(B, H, L, L, dtype=torch.int8, device=buckets.device)
     d = torch.empty(B, H, L, L, dtype=where.dtype, device=buckets.device)
     for r in range(R):
