@@ -17,8 +17,9 @@ Fine-tuning: the presets ``wordnet_lexname_encoder`` (scratch, MLM, MiniLM) and 
 ``--minutes`` per run, ``--jobs`` runs at a time with one thread each. Every run keeps the checkpoint of its
 lowest validation loss (``train.keep_best``); that checkpoint is scored on the test glosses. Learning
 rates are chosen on validation data only: each model's candidates (``LEARNING_RATES``) are tried on the
-lexicographer-file task with 1,000 glosses, and the one with the best validation accuracy is used for
-every size and both tasks. Test figures never choose anything.
+lexicographer-file task at each size, and the one with the best validation accuracy there is used for that
+size on both tasks (the part-of-speech runs reuse the lexicographer file's choice). Test figures never
+choose anything.
 Writes experiments/results/transfer.{json,md,png} and transfer_pretraining.png.
 """
 
@@ -43,11 +44,11 @@ MODELS = {  # name -> (preset, what it starts from)
     "bilm": ("wordnet_lexname_bilm", "bilm"),
     "minilm": ("wordnet_lexname_encoder", "minilm"),
 }
-LEARNING_RATES = {
-    "scratch": [2e-4, 5e-4, 1e-3],
+LEARNING_RATES = {  # candidates; a grid whose best was at its edge was widened that way
+    "scratch": [2e-4, 5e-4, 1e-3, 2e-3],
     "mlm": [1e-4, 3e-4, 1e-3],
     "bilm": [3e-4, 1e-3, 3e-3],
-    "minilm": [3e-5, 1e-4, 3e-4],
+    "minilm": [3e-5, 1e-4, 3e-4, 1e-3],
 }
 LABELS = {"scratch": "encoder from scratch", "mlm": "encoder, masked-LM pre-trained",
           "bilm": "BiLM (ELMo-style), pre-trained", "minilm": "all-MiniLM-L6-v2"}
@@ -175,17 +176,24 @@ def run_grid(cells: list[tuple], args, results: dict, out: Path) -> None:
 
 
 def chosen_run(results: dict, task: str, model: str, size: int) -> dict | None:
-    """The run of a grid cell at ``model``'s chosen learning rate, if it was made and did not fail."""
-    lr = chosen_lr(results, model)
+    """The run of a grid cell at the learning rate chosen for ``model`` and ``size``, if it was made and did
+    not fail."""
+    lr = chosen_lr(results, model, size)
     r = results["runs"].get(run_key(task, model, size, lr)) if lr is not None else None
     return r if r and "error" not in r else None
 
 
-def chosen_lr(results: dict, model: str) -> float | None:
-    """The learning rate of ``model``'s best validation accuracy on the lexicographer file with 1,000 glosses."""
-    tried = [r for r in results["runs"].values() if r["task"] == "lexname" and r["model"] == model
-             and r["size"] == 1000 and "error" not in r and r["lr"] in LEARNING_RATES[model]]
-    return max(tried, key=lambda r: r["valid_accuracy"])["lr"] if tried else None
+def tried_lrs(results: dict, model: str, size: int) -> dict[float, dict]:
+    """The candidate learning rates of ``model`` run on the lexicographer file at ``size``: lr -> run."""
+    return {r["lr"]: r for r in results["runs"].values() if r["task"] == "lexname" and r["model"] == model
+            and r["size"] == size and r["lr"] in LEARNING_RATES[model]}
+
+
+def chosen_lr(results: dict, model: str, size: int) -> float | None:
+    """The learning rate of ``model``'s best validation accuracy on the lexicographer file at ``size``
+    (failed runs never chosen); None before any candidate ran there."""
+    ok = [r for r in tried_lrs(results, model, size).values() if "error" not in r]
+    return max(ok, key=lambda r: r["valid_accuracy"])["lr"] if ok else None
 
 
 # ---- pre-training ----------------------------------------------------------------------------------
@@ -267,7 +275,8 @@ def markdown(results: dict) -> str:
              f"torch {meta['torch']}, {meta['machine']}. Fine-tuning runs: {meta['minutes']:g} minutes of training "
              "each (validation included), one thread each, two at a time; the checkpoint of the lowest validation "
              "loss is scored on the test glosses (held out by the sha1 rule on the synset offset). Learning rates "
-             "were chosen on validation accuracy (lexicographer file, 1,000 glosses) and used for every cell.", ""]
+             "were chosen per model and size on validation accuracy (lexicographer file), the same for both "
+             "tasks.", ""]
     pre = results.get("pretraining", {})
     if pre:
         lines += ["## Pre-training (same text, same budget, side by side)", "",
@@ -293,15 +302,22 @@ def markdown(results: dict) -> str:
                          f"{100 * r['masked_accuracy']:.1f}% | {r['eval_loss']:.3f} | "
                          f"{'chosen' if r['chosen'] else ''} |")
         lines.append("")
-    lrs = {m: chosen_lr(results, m) for m in MODELS}
-    lines += ["## Learning rates (validation accuracy, lexicographer file, 1,000 glosses)", "",
-              "| model | " + " | ".join("lr" for _ in range(3)) + " | chosen |", "|---|---|---|---|---|"]
+    width = max(len(v) for v in LEARNING_RATES.values())
+    lines += ["## Learning rates (validation accuracy, lexicographer file)", "",
+              "Each candidate's best validation accuracy; `-`: not tried at that size.", "",
+              "| model | labelled | " + " | ".join("lr" for _ in range(width)) + " | chosen |",
+              "|---|---|" + "---|" * width + "---|"]
     for m in MODELS:
-        cells = []
-        for lr in LEARNING_RATES[m]:
-            r = runs.get(run_key("lexname", m, 1000, lr))
-            cells.append(f"{lr:g}: {100 * r['valid_accuracy']:.1f}%" if r and "error" not in r else f"{lr:g}: -")
-        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {lrs[m] if lrs[m] is not None else '-'} |")
+        for s in SIZES:
+            tried = tried_lrs(results, m, s)
+            if not tried:
+                continue
+            cells = [f"{lr:g}: " + ("-" if lr not in tried else "failed" if "error" in tried[lr]
+                                    else f"{100 * tried[lr]['valid_accuracy']:.1f}%") for lr in LEARNING_RATES[m]]
+            cells += [""] * (width - len(cells))
+            lr = chosen_lr(results, m, s)
+            lines.append(f"| {LABELS[m]} | {size_name(s)} | " + " | ".join(cells) +
+                         f" | {lr if lr is not None else '-'} |")
     for task in TASKS:
         lines += ["", f"## Test accuracy: {TASKS[task]}", "",
                   "| model | " + " | ".join(f"{size_name(s)} labelled" for s in SIZES) + " |", "|---|---|---|---|"]
@@ -315,7 +331,8 @@ def markdown(results: dict) -> str:
                                  f"{r['steps']} steps)")
                     majority = r["majority_accuracy"]
                 else:
-                    failed = runs.get(run_key(task, m, s, lrs[m])) if lrs[m] is not None else None
+                    lr = chosen_lr(results, m, s)
+                    failed = runs.get(run_key(task, m, s, lr)) if lr is not None else None
                     cells.append("failed: " + failed["error"] if failed else "-")
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
         if majority is not None:
@@ -426,9 +443,10 @@ def main(argv=None) -> None:
         if args.stage in ("all", "pretrain"):
             pretrain(args)
         if args.stage in ("all", "finetune"):
-            sweep = [("lexname", m, 1000, lr) for m in args.models for lr in LEARNING_RATES[m]]
+            sweep = [("lexname", m, s, lr) for s in args.sizes for m in args.models for lr in LEARNING_RATES[m]]
             run_grid([c for c in sweep if run_key(*c) not in results["runs"]], args, results, out)
-            grid = [(t, m, s, chosen_lr(results, m)) for t in args.tasks for m in args.models for s in args.sizes]
+            grid = [(t, m, s, chosen_lr(results, m, s)) for t in args.tasks for m in args.models
+                    for s in args.sizes]
             run_grid([c for c in grid if c[3] is not None and run_key(*c) not in results["runs"]], args, results, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results["pretraining"] = pretraining_summary(args) or results.get("pretraining", {})

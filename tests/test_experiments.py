@@ -17,37 +17,45 @@ def load(name: str):
     return module
 
 
-def test_transfer_chooses_learning_rates_on_validation_and_reports_the_chosen_runs(tmp_path):
+def test_transfer_chooses_learning_rates_per_size_on_validation_and_reports_the_chosen_runs(tmp_path):
     pytest.importorskip("matplotlib")
     t = load("transfer")
+    prefer = {1000: 1, 10000: 2, 0: 0}  # the candidate validation prefers at each size
     runs, counter = {}, itertools.count()
     for task, model, size in itertools.product(t.TASKS, t.MODELS, t.SIZES):
         for i, lr in enumerate(t.LEARNING_RATES[model]):
-            if (task, size) != ("lexname", 1000) and i != 1:
-                continue  # the grid runs only the chosen (here: the middle) learning rate
+            if task != "lexname" and i != prefer[size]:
+                continue  # the other task runs only the rate chosen on the lexicographer file
             n = next(counter)
-            # validation prefers the middle rate; test would have preferred the last one
-            valid = 0.5 if i == 1 else 0.3
-            test = 0.40 + n / 1000 if i == 1 else 0.9
+            # validation prefers one rate per size; test would have preferred another
+            valid = 0.5 if i == prefer[size] else 0.3
+            test = 0.40 + n / 1000 if i == prefer[size] else 0.9
             runs[t.run_key(task, model, size, lr)] = {
                 "task": task, "model": model, "size": size, "lr": lr, "valid_accuracy": valid,
                 "test_accuracy": test, "test_macro_f1": test / 2, "majority_accuracy": 0.12, "steps": 100 + n,
                 "best_step": 50, "parameters": 1000, "train_examples": size or 100000, "load_before": [1.0, 1, 1],
                 "settings": [f"train.lr={lr}", "train.minutes=3"], "command": "python experiments/transfer.py",
                 "commit": "abc1234"}
-    runs[t.run_key("pos", "bilm", 0, t.LEARNING_RATES["bilm"][1])] = {
-        "task": "pos", "model": "bilm", "size": 0, "lr": t.LEARNING_RATES["bilm"][1], "error": "out of memory",
+    bilm_all = t.LEARNING_RATES["bilm"][prefer[0]]
+    runs[t.run_key("pos", "bilm", 0, bilm_all)] = {
+        "task": "pos", "model": "bilm", "size": 0, "lr": bilm_all, "error": "out of memory",
         "load_before": [1.0, 1, 1]}
+    # a failed candidate is never chosen, whatever it would have scored
+    failed = t.run_key("lexname", "scratch", 0, t.LEARNING_RATES["scratch"][-1])
+    runs[failed] = {**runs[failed], "valid_accuracy": 0.99, "error": "killed"}
     results = {"meta": {"torch": "2.x", "machine": "test", "minutes": 3.0}, "runs": runs}
-    for model in t.MODELS:
-        assert t.chosen_lr(results, model) == t.LEARNING_RATES[model][1]
+    for model, size in itertools.product(t.MODELS, t.SIZES):
+        assert t.chosen_lr(results, model, size) == t.LEARNING_RATES[model][prefer[size]]
+    assert t.chosen_lr(results, "scratch", 777) is None
     text = t.markdown(results)
     for r in runs.values():
-        if "error" not in r and r["lr"] == t.LEARNING_RATES[r["model"]][1]:
+        if "error" not in r and r["lr"] == t.LEARNING_RATES[r["model"]][prefer[r["size"]]]:
             assert f"{100 * r['test_accuracy']:.1f}% (F1 {100 * r['test_macro_f1']:.1f}, {r['steps']} steps)" in text
     assert "90.0%" not in text  # a test figure of a rate validation did not choose is never reported
     assert "failed: out of memory" in text
-    assert "| encoder from scratch | 0.0002: 30.0% | 0.0005: 50.0% | 0.001: 30.0% | 0.0005 |" in text
+    assert "| encoder from scratch | 1000 | 0.0002: 30.0% | 0.0005: 50.0% | 0.001: 30.0% | 0.002: 30.0% | 0.0005 |" in text
+    assert "| encoder from scratch | all | 0.0002: 50.0% | 0.0005: 30.0% | 0.001: 30.0% | 0.002: failed | 0.0002 |" in text
+    assert "| encoder, masked-LM pre-trained | 10000 | 0.0001: 30.0% | 0.0003: 30.0% | 0.001: 50.0% |  | 0.001 |" in text
     t.plot(results, tmp_path / "transfer.png")
     assert (tmp_path / "transfer.png").stat().st_size > 10_000
 
