@@ -21,7 +21,9 @@ Every layer has the same shape: d_model = heads * d_head, causal, fp32, x of sha
 * ``transformers``: ``transformers``' ``ReformerAttention`` (layer norm, LSH self-attention, output dense),
   chunk length = bucket_size, one chunk before, num_buckets chosen at run time (about 2 L / chunk length),
   no bucket mask (attends across buckets in the chunks it sees);
-* ``sdpa``: exact causal attention, ``scaled_dot_product_attention`` with Q, K, V and output projections.
+* ``sdpa``: exact causal attention, ``scaled_dot_product_attention`` with Q, K, V and output projections;
+* ``attnkit_chunked``, ``attnkit_dense`` (only when asked for): attnkit with that CPU
+  path forced, to see which one "auto" should pick at each length.
 
     python benchmarks/lsh_attention.py                 # 4,096, 16,384 and 65,536 tokens
     python benchmarks/lsh_attention.py --quick         # 1,024 and 4,096 tokens, 2 repeats
@@ -53,6 +55,7 @@ import time
 from pathlib import Path
 
 IMPLS = ("attnkit", "reformer_pytorch", "reformer_pytorch_chunked", "transformers", "sdpa")
+ATTNKIT_PATHS = ("chunked", "dense")  # rows "attnkit_<path>": one CPU path forced (not by default)
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -61,6 +64,7 @@ def settings(impl: str, attn_chunks: int) -> str:
     """What each implementation runs with, beyond the shared shape (shown per row)."""
     return {
         "attnkit": "impl='auto', attend_across_buckets=False",
+        **{f"attnkit_{path}": f"impl='{path}', attend_across_buckets=False" for path in ATTNKIT_PATHS},
         "reformer_pytorch": "defaults (attend_across_buckets=True, attn_chunks=1)",
         "reformer_pytorch_chunked": f"attn_chunks={attn_chunks}, attend_across_buckets=False",
         "transformers": "layer norm + LSH + dense; 1 chunk before, num_buckets ~2L/chunk, no bucket mask",
@@ -73,11 +77,12 @@ def build(impl: str, args):
     import torch
 
     d_model, heads, d_head = args.d_model, args.heads, args.d_head
-    if impl == "attnkit":
+    if impl == "attnkit" or impl.startswith("attnkit_"):
         from attnkit.nn import LSHSelfAttention
 
         layer = LSHSelfAttention(
-            d_model, heads, d_head=d_head, n_hashes=args.n_hashes, bucket_size=args.bucket_size, causal=True
+            d_model, heads, d_head=d_head, n_hashes=args.n_hashes, bucket_size=args.bucket_size, causal=True,
+            impl=impl.removeprefix("attnkit").removeprefix("_") or "auto",
         )
         return layer, layer
     if impl in ("reformer_pytorch", "reformer_pytorch_chunked"):
@@ -257,7 +262,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=None)
-    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + tuple(f"attnkit_{x}" for x in ATTNKIT_PATHS))
     p.add_argument("--quick", action="store_true", help="1,024 and 4,096 tokens, 2 repeats")
     p.add_argument("--batch", type=int, default=1, help="x is (batch, L, d_model) for every implementation")
     p.add_argument("--repeats", type=int, default=3)
