@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
+from attnkit.bench import git_commit  # noqa: E402
 from attnkit.interop import embed_sentences, load_pretrained, load_tokenizer  # noqa: E402
 from attnkit.models import TransformerEncoder, TransformerLM  # noqa: E402
 
@@ -179,8 +180,9 @@ def markdown(result: dict) -> str:
     lines = [
         "# Pretrained weights on the CPU: attnkit vs transformers / sentence-transformers",
         "",
-        f"{result['device']}; torch {result['torch']}, transformers {result['transformers']}, "
-        f"sentence-transformers {result['sentence_transformers']}. Median of {result['repeats']} alternating "
+        f"{result['device']}; Python {result.get('python', '?')}, torch {result['torch']}, transformers "
+        f"{result['transformers']}, sentence-transformers {result['sentence_transformers']}; commit "
+        f"{result.get('commit', '?')}. Median of {result['repeats']} alternating "
         "runs (best run in brackets), float32, `torch.inference_mode`, the same thread count on both sides.",
         "",
         "| threads | task | attnkit | reference | speedup | same output |",
@@ -200,8 +202,8 @@ def markdown(result: dict) -> str:
             f"| {e['speedup']:.2f}x ({e['speedup_best']:.2f}x) | max abs difference {e['max_abs_difference']:.1e} |",
         ]
     lines += ["", "Floor for generation: the matrix-vector products of one decoding step alone (every float32 "
-              "weight read once) in the same run, and the load average (1 min) around each run, on "
-              f"{os.cpu_count()} cores shared with other work:", ""]
+              f"weight read once) in the same run, and the load average (1 min) around each run ({os.cpu_count()} "
+              "cores):", ""]
     for run in result["runs"]:
         g = run["generation"]
         floor = g["matmul_floor_tokens_per_s"]
@@ -211,9 +213,10 @@ def markdown(result: dict) -> str:
             f"{g['transformers_tokens_per_s'] / floor:.0%}; load {run['load_average_1min_at_start']:.1f} -> "
             f"{run['load_average_1min_at_end']:.1f}"
         )
-    lines += ["", "While other processes share the cores, single figures move by 10-20% from run to run (a floor "
+    lines += ["", "When other processes share the cores, single figures move by 10-20% from run to run (a floor "
               "measured a moment earlier can even come out below a full step); the speedups compare the two sides "
-              "within one run, on alternating repeats.", "", f"Command: `{result['command']}`", ""]
+              "within one run, on alternating repeats, so that load falls on both.", "",
+              f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 
 
@@ -239,6 +242,7 @@ def main():
         "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "torch": torch.__version__, "transformers": transformers.__version__,
         "sentence_transformers": sentence_transformers.__version__, "repeats": args.repeats,
+        "commit": git_commit(Path(__file__).resolve().parent), "python": platform.python_version(),
         "command": "python benchmarks/pretrained.py"
                    + (f" --threads {args.threads}" if args.threads else "")
                    + (" --quick" if args.quick else ""),
