@@ -56,6 +56,7 @@ from pathlib import Path
 
 IMPLS = ("attnkit", "reformer_pytorch", "reformer_pytorch_chunked", "transformers", "sdpa")
 ATTNKIT_PATHS = ("chunked", "dense")  # rows "attnkit_<path>": one CPU path forced (not by default)
+CHOICES = IMPLS + tuple(f"attnkit_{path}" for path in ATTNKIT_PATHS)
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -82,7 +83,7 @@ def build(impl: str, args):
 
         layer = LSHSelfAttention(
             d_model, heads, d_head=d_head, n_hashes=args.n_hashes, bucket_size=args.bucket_size, causal=True,
-            impl=impl.removeprefix("attnkit").removeprefix("_") or "auto",
+            impl="auto" if impl == "attnkit" else impl.removeprefix("attnkit_"),
         )
         return layer, layer
     if impl in ("reformer_pytorch", "reformer_pytorch_chunked"):
@@ -262,7 +263,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=None)
-    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + tuple(f"attnkit_{x}" for x in ATTNKIT_PATHS))
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=CHOICES)
     p.add_argument("--quick", action="store_true", help="1,024 and 4,096 tokens, 2 repeats")
     p.add_argument("--batch", type=int, default=1, help="x is (batch, L, d_model) for every implementation")
     p.add_argument("--repeats", type=int, default=3)

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch  # noqa: E402
 
-from attnkit.bench import git_commit  # noqa: E402
+from attnkit.bench import provenance  # noqa: E402
 from attnkit.interop import embed_sentences, load_pretrained, load_tokenizer  # noqa: E402
 from attnkit.models import TransformerEncoder, TransformerLM  # noqa: E402
 
@@ -235,17 +236,11 @@ def main():
     if args.quick:
         args.repeats, args.new_tokens, args.sentences = 3, 16, 64
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
-    import sentence_transformers
-    import transformers
 
     result = {
+        **provenance(__file__, sys.argv[1:], ("torch", "transformers", "sentence-transformers")),
         "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__, "repeats": args.repeats,
-        "commit": git_commit(Path(__file__).resolve().parent), "python": platform.python_version(),
-        "command": "python benchmarks/pretrained.py"
-                   + (f" --threads {args.threads}" if args.threads else "")
-                   + (" --quick" if args.quick else ""),
+        "repeats": args.repeats,
         "runs": [],
     }
     for threads in thread_counts:

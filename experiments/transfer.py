@@ -325,15 +325,14 @@ def markdown(results: dict) -> str:
         for m in MODELS:
             cells = []
             for s in SIZES:
-                r = chosen_run(results, task, m, s)
-                if r:
+                lr = chosen_lr(results, m, s)
+                r = runs.get(run_key(task, m, s, lr)) if lr is not None else None
+                if r and "error" not in r:
                     cells.append(f"{100 * r['test_accuracy']:.1f}% (F1 {100 * r['test_macro_f1']:.1f}, "
                                  f"{r['steps']} steps)")
                     majority = r["majority_accuracy"]
                 else:
-                    lr = chosen_lr(results, m, s)
-                    failed = runs.get(run_key(task, m, s, lr)) if lr is not None else None
-                    cells.append("failed: " + failed["error"] if failed else "-")
+                    cells.append("failed: " + r["error"] if r else "-")
             lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
         if majority is not None:
             lines += ["", f"Always the most frequent class: {100 * majority:.1f}%."]

@@ -30,7 +30,7 @@ META = {
 
 
 def test_every_impl_has_settings():
-    for impl in bench.IMPLS:
+    for impl in bench.CHOICES:
         assert bench.settings(impl, 8)
     assert "reformer_pytorch_chunked" in bench.IMPLS
     assert bench.settings("reformer_pytorch_chunked", 4) == "attn_chunks=4, attend_across_buckets=False"
@@ -82,6 +82,13 @@ def test_reformer_rows_use_their_settings():
     chunked, _ = bench.build("reformer_pytorch_chunked", args)
     assert (default.attn_chunks, default.lsh_attn._attend_across_buckets) == (1, True)
     assert (chunked.attn_chunks, chunked.lsh_attn._attend_across_buckets) == (8, False)
+
+
+def test_attnkit_rows_force_the_path_they_name():
+    args = Namespace(d_model=32, heads=2, d_head=16, n_hashes=2, bucket_size=8, attn_chunks=8, length=64)
+    for impl, path in (("attnkit", "auto"), ("attnkit_chunked", "chunked"), ("attnkit_dense", "dense")):
+        layer, _ = bench.build(impl, args)
+        assert layer.impl == path and f"impl='{path}'" in bench.settings(impl, 8)
 
 
 def test_tiny_run_writes_meta_and_rows(tmp_path):
