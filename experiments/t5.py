@@ -345,8 +345,8 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    p.add_argument("--minutes", type=float, default=20.0, help="training budget of each text-to-text run")
-    p.add_argument("--pretrain-minutes", type=float, default=20.0, help="training budget of the span run")
+    p.add_argument("--minutes", type=float, default=25.0, help="training budget of each text-to-text run")
+    p.add_argument("--pretrain-minutes", type=float, default=25.0, help="training budget of the span run")
     p.add_argument("--set", action="append", default=[], metavar="RUN:SECTION.KEY=VALUE",
                    help="override a preset value for one run (or text2text: every run of t5_multitask; all), "
                         "e.g. text2text:model.dropout=0.2")
