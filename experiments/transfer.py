@@ -15,7 +15,8 @@ logged against time (masked-token accuracy for the MLM, next/previous-token accu
 Fine-tuning: the presets ``wordnet_lexname_encoder`` (scratch, MLM, MiniLM) and ``wordnet_lexname_bilm``
 (BiLM), ``data.corpus`` set to the task, ``data.train_examples`` to the size (seeded nested samples),
 ``--minutes`` per run, ``--jobs`` runs at a time with one thread each. Every run keeps the checkpoint of its
-lowest validation loss (``train.keep_best``); that checkpoint is scored on the test glosses. Learning
+lowest validation loss (``train.keep_best``; validated about once an epoch of its labelled glosses, at most
+every 50 steps); that checkpoint is scored on the test glosses. Learning
 rates are chosen on validation data only: each model's candidates (``LEARNING_RATES``) are tried on the
 lexicographer-file task at each size, and the one with the best validation accuracy there is used for that
 size on both tasks (the part-of-speech runs reuse the lexicographer file's choice). Test figures never
@@ -107,7 +108,7 @@ def child(args) -> None:
 def settings(task: str, model: str, size: int, lr: float, args) -> list[str]:
     sets = [f"data.corpus={TASKS[task]}", f"data.train_examples={size}", f"data.eval_batches={args.eval_batches}",
             f"train.minutes={args.minutes}", f"train.lr={lr}", f"train.warmup_steps={args.warmup_steps}",
-            f"train.eval_every={args.eval_every}", "train.keep_best=true", "train.checkpoint_every=1000000",
+            f"train.eval_every={args.eval_every or eval_every(size)}", "train.keep_best=true", "train.checkpoint_every=1000000",
             "train.keep_checkpoints=1", "train.progress=false"]
     start = MODELS[model][1]
     if model == "scratch":  # the same encoder as the masked LM's, so that the two differ by pre-training only
@@ -117,6 +118,12 @@ def settings(task: str, model: str, size: int, lr: float, args) -> list[str]:
     elif start is not None:
         sets.append(f"model.init_from={Path(args.out) / PRETRAIN[start]}")
     return sets
+
+
+def eval_every(size: int, batch: int = 64) -> int:
+    """Steps between validations: about one epoch of the labelled glosses at small sizes (1,000 glosses:
+    every 15 steps, where a run's best checkpoint comes within its first 100 steps), at most 50."""
+    return 50 if size == 0 else max(10, min(50, size // batch))
 
 
 SHAPE = ("d_model", "n_heads", "n_layers", "d_ff")
@@ -412,7 +419,8 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", nargs="+", type=int, default=SIZES, help="labelled glosses per run (0: all)")
     p.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at a time (one thread each)")
     p.add_argument("--warmup-steps", type=int, default=30, help="learning-rate warm-up of each fine-tuning run")
-    p.add_argument("--eval-every", type=int, default=50, help="steps between validation evaluations")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="steps between validation evaluations (0: about an epoch of the labelled glosses, at most 50)")
     p.add_argument("--eval-batches", type=int, default=10, help="validation batches of 64 glosses per evaluation")
     p.add_argument("--test-limit", type=int, default=None, help="score the first N test glosses only (quick checks)")
     p.add_argument("--out", default="runs/transfer", help="where the pre-training and fine-tuning runs go")

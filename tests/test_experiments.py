@@ -85,6 +85,18 @@ def test_transfer_trains_the_scratch_encoder_in_the_masked_lms_shape(tmp_path):
     assert f"model.n_layers={preset['n_layers']}" in t.settings("pos", "scratch", 0, 1e-3, args)
 
 
+def test_transfer_validates_about_once_an_epoch_at_small_sizes(tmp_path):
+    from argparse import Namespace
+
+    t = load("transfer")
+    args = Namespace(out=str(tmp_path), eval_batches=10, minutes=3.0, warmup_steps=30, eval_every=0)
+    every = {size: [s for s in t.settings("lexname", "mlm", size, 1e-3, args) if s.startswith("train.eval_every=")]
+             for size in (1000, 10000, 0)}
+    assert every == {1000: ["train.eval_every=15"], 10000: ["train.eval_every=50"], 0: ["train.eval_every=50"]}
+    args.eval_every = 25  # asked for: the same at every size
+    assert "train.eval_every=25" in t.settings("pos", "scratch", 1000, 1e-3, args)
+
+
 def test_transfer_recipe_choice_uses_held_out_masked_accuracy_of_the_longest_runs(tmp_path):
     import json
 
