@@ -135,6 +135,26 @@ def test_reversible_memory_does_not_grow_with_depth():
     assert _saved_bytes(plain, x) >= 12 * act  # each of the 12 branches keeps at least its input
 
 
+def test_reversible_backward_recomputes_a_position_wise_branch_one_slice_at_a_time():
+    # Backward differentiates such a branch slice by slice, each slice computed once; calling the whole
+    # branch instead would checkpoint each slice, computing it twice (forward and recompute).
+    class Counted(ChunkedFeedForward):
+        calls: list = []
+
+        def forward_chunk(self, x):
+            Counted.calls.append(x.shape[-2])
+            return super().forward_chunk(x)
+
+    torch.manual_seed(0)
+    rev = ReversibleSequence([_Lin(8, 8), Counted(8, 16, chunks=4)], reversible=True)
+    x = torch.randn(2, 32, 8, requires_grad=True)
+    y = rev(x)
+    assert Counted.calls == [8, 8, 8, 8]  # forward: four slices of 32 positions
+    Counted.calls.clear()
+    y.sum().backward()
+    assert Counted.calls == [8, 8, 8, 8]
+
+
 def test_reversible_rejects_bad_input():
     seq = ReversibleSequence([nn.Identity()])
     with pytest.raises(ValueError, match="x must be"):

@@ -28,8 +28,9 @@ class ReversibleSequence(nn.Module):
     ``Y1 = X1 + attn(X2), Y2 = X2 + ff(Y1)`` per layer; a decoder layer can be ``[self_attn, cross_attn, ff]``.
 
     Each branch is called as ``branch(x, **kwargs)`` with the keyword tensors given to ``forward`` (it
-    ignores those it does not use). A position-wise branch with ``chunks > 1`` and ``forward_chunk``
-    (such as :class:`~attnkit.nn.ChunkedFeedForward`) is run slice by slice along the sequence.
+    ignores those it does not use). A branch marked ``position_wise`` (such as
+    :class:`~attnkit.nn.ChunkedFeedForward`: ``chunks`` and ``forward_chunk(x)``) is also differentiated slice
+    by slice along the sequence in backward.
 
     Args:
         branches: the residual branches, in order.
@@ -50,7 +51,7 @@ class ReversibleSequence(nn.Module):
         if not self.reversible or not torch.is_grad_enabled():
             streams = [x, x]
             for i, branch in enumerate(self.branches):
-                streams[i % 2] = streams[i % 2] + _call(branch, streams[1 - i % 2], kwargs)
+                streams[i % 2] = streams[i % 2] + branch(streams[1 - i % 2], **kwargs)
             return (streams[0] + streams[1]) / 2
         names = sorted(kwargs)
         kw_values = [kwargs[k] for k in names]
@@ -71,20 +72,10 @@ class ReversibleSequence(nn.Module):
             if hasattr(branch, "step"):
                 y, cache = branch.step(streams[1 - i % 2], None if caches is None else caches[i], **kwargs)
             else:
-                y, cache = _call(branch, streams[1 - i % 2], kwargs), None
+                y, cache = branch(streams[1 - i % 2], **kwargs), None
             streams[i % 2] = streams[i % 2] + y
             new.append(cache)
         return (streams[0] + streams[1]) / 2, tuple(new)
-
-
-def _call(branch: nn.Module, x: Tensor, kwargs: dict) -> Tensor:
-    chunks = getattr(branch, "chunks", 1)
-    if chunks > 1 and hasattr(branch, "forward_chunk"):
-        if torch.is_grad_enabled():
-            # Outside a reversible recompute, checkpoint each slice.
-            return branch(x)
-        return torch.cat([branch.forward_chunk(p) for p in x.chunk(chunks, dim=-2)], dim=-2)
-    return branch(x, **kwargs)
 
 
 def _autocast_state(device_type: str) -> dict:
@@ -135,7 +126,7 @@ class _ReversibleFunction(torch.autograd.Function):
         with torch.no_grad():
             for i, branch in enumerate(branches):
                 states.append(_RNGState(x.device))
-                fx = _call(branch, streams[1 - i % 2], kwargs)
+                fx = branch(streams[1 - i % 2], **kwargs)
                 if owned[i % 2]:
                     streams[i % 2].add_(fx)
                 else:
@@ -172,8 +163,8 @@ class _ReversibleFunction(torch.autograd.Function):
             out_s, in_s = i % 2, 1 - i % 2  # the branch read stream in_s and added to stream out_s
             params = [p for p in branch.parameters() if id(p) in ctx.param_index]
             with ctx.states[i].replay(), torch.enable_grad(), torch.autocast(**ctx.autocast):
-                chunks = getattr(branch, "chunks", 1)
-                if chunks > 1 and hasattr(branch, "forward_chunk"):
+                chunks = branch.chunks if getattr(branch, "position_wise", False) else 1
+                if chunks > 1:
                     # Position-wise: recompute and differentiate one slice at a time, updating in place.
                     for xs, ys, gs, dxs in zip(*(t.chunk(chunks, dim=-2) for t in (
                         streams[in_s], streams[out_s], grads[out_s], grads[in_s]
