@@ -108,8 +108,8 @@ def child(args) -> None:
 def settings(task: str, model: str, size: int, lr: float, args) -> list[str]:
     sets = [f"data.corpus={TASKS[task]}", f"data.train_examples={size}", f"data.eval_batches={args.eval_batches}",
             f"train.minutes={args.minutes}", f"train.lr={lr}", f"train.warmup_steps={args.warmup_steps}",
-            f"train.eval_every={args.eval_every or eval_every(size)}", "train.keep_best=true", "train.checkpoint_every=1000000",
-            "train.keep_checkpoints=1", "train.progress=false"]
+            f"train.eval_every={args.eval_every or eval_every(size)}", "train.keep_best=true",
+            "train.checkpoint_every=1000000", "train.keep_checkpoints=1", "train.progress=false"]
     start = MODELS[model][1]
     if model == "scratch":  # the same encoder as the masked LM's, so that the two differ by pre-training only
         sets += [f"model.{k}={v}" for k, v in mlm_shape(args).items()]
