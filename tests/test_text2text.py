@@ -229,6 +229,25 @@ def test_kinds_check_their_data_loudly(mixture, tmp_path):
         build_tokenizer(t5_config("text2text", model={"init_from": "hf:/nowhere"}))
 
 
+def test_span_tokenizer_also_learns_the_tokenizer_corpus(mixture, tmp_path):
+    # T5's vocabulary covers the languages of its later tasks: here, the upper-case answers of "shout".
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    data = {"corpus": str(corpus), "tokenizer": "bpe", "vocab_size": 600}
+    plain = build_tokenizer(t5_config("span", data=data))
+    wide = build_tokenizer(t5_config("span", data={**data, "tokenizer_corpus": "test-mix"}))
+    shouted = [e.target for e in t2t.task_splits("shout")["test"]]  # held out: not in either's training text
+    assert sum(len(wide.encode(w)) for w in shouted) < 0.6 * sum(len(plain.encode(w)) for w in shouted)
+    assert wide.encode("In the beginning") and TEXT.split()[0] in wide.decode(wide.encode(TEXT[:40]))
+    for kind, data_, model, message in [
+        ("span", {**data, "tokenizer_corpus": "kjv"}, None, "data.tokenizer_corpus must be a text-to-text mixture"),
+        ("text2text", {"tokenizer_corpus": "test-mix"}, None, "only span-corruption pre-training"),
+        ("text2text", {"tokenizer_corpus": "test-mix"}, {"init_from": str(tmp_path)}, "only span-corruption"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            build_tokenizer(t5_config(kind, data=data_, model=model))
+
+
 def test_init_from_copies_every_weight_and_the_tokenizer(mixture, span_run, tmp_path):
     config = t5_config("text2text", model={"init_from": str(span_run), "d_model": 64, "dropout": 0.1})
     tokenizer = build_tokenizer(config)

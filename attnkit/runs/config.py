@@ -55,7 +55,9 @@ class DataConfig(Config):
     same nested samples), draw the tasks examples-proportionally with each task's count capped at
     ``mixture_cap`` (T5's K, section 3.5.2; 0: no cap), and score the first ``valid_bleu_sentences``
     validation sources of each task (greedy) at each evaluation. Span-corruption runs corrupt windows of
-    ``context`` tokens. Masked-LM runs choose ``mask_prob`` of the tokens of each training window (BERT:
+    ``context`` tokens; their tokenizer also learns from the training text of ``tokenizer_corpus`` (a
+    text-to-text mixture; "": none) without training on it, as T5's vocabulary covers the languages of its
+    later tasks. Masked-LM runs choose ``mask_prob`` of the tokens of each training window (BERT:
     0.15); their held-out figures always mask 15%.
     """
 
@@ -70,6 +72,7 @@ class DataConfig(Config):
     train_examples: int = 0
     mixture_cap: int = 0
     mask_prob: float = 0.15
+    tokenizer_corpus: str = ""
     seed: int = 0
 
     def __post_init__(self):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -193,7 +193,14 @@ class SpanCorruptionKind(_T5Kind, _TextKind):
                              f"the {SENTINELS} sentinel ids: set data.context <= {longest}")
 
     def tokenizer_texts(self, data):
-        return [line for line in _text(data.corpus)[0].splitlines() if line.strip()]
+        lines = [line for line in _text(data.corpus)[0].splitlines() if line.strip()]
+        if not data.tokenizer_corpus:
+            return lines
+        if data.tokenizer_corpus not in TEXT2TEXT_CORPORA:
+            raise UsageError(f"data.tokenizer_corpus must be a text-to-text mixture ({', '.join(TEXT2TEXT_CORPORA)}) "
+                             f"or \"\", got {data.tokenizer_corpus!r}")
+        mixture = replace(data, corpus=data.tokenizer_corpus, tokenizer_corpus="")
+        return lines + KINDS["text2text"].tokenizer_texts(mixture)  # its sources and targets
 
     def _task(self, data, tokenizer, train, valid) -> SpanCorruptionTask:
         return SpanCorruptionTask(train, valid, context=data.context, batch_size=data.batch_size,
