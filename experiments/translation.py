@@ -141,7 +141,7 @@ def markdown(results: dict) -> str:
 def recipe_lines(folder: Path) -> list[str]:
     """The settings' choice, from the candidates' results in ``folder`` (one JSON per candidate, written by
     this script with ``--results``): each candidate's final held-out loss and validation BLEU (greedy);
-    per model, the lowest loss was chosen."""
+    per model and training corpus, the lowest loss was chosen (losses on two corpora do not compare)."""
     candidates = [(path.stem, r) for path in sorted(folder.glob("*.json"))
                   for r in json.loads(path.read_text())["runs"].values()
                   if "error" not in r and r.get("valid_loss_curve")]
@@ -150,21 +150,23 @@ def recipe_lines(folder: Path) -> list[str]:
     def final_loss(c):
         return c[1]["valid_loss_curve"][-1][1]
 
-    chosen = {model: min((c for c in candidates if c[1]["model"] == model), key=final_loss)[0]
-              for model in {r["model"] for _, r in candidates}}
+    groups = {(r["model"], r["corpus"]) for _, r in candidates}
+    chosen = {g: min((c for c in candidates if (c[1]["model"], c[1]["corpus"]) == g), key=final_loss)[0]
+              for g in groups}
     lines = ["## How the settings were chosen", "",
              "Validation runs on the training corpus (held-out loss on its validation pairs, BLEU of greedy "
-             "translations of its first validation sources), never the test sets; per model the lowest final "
-             "loss was chosen and written into its preset. Settings are overrides of the preset at the commit "
-             "named.", "",
+             "translations of its first validation sources), never the test sets; per model and training corpus "
+             "the lowest final loss was chosen (the presets hold the choice on de-en-all). Settings are overrides "
+             "of the preset at the commit named.", "",
              "| candidate | model | training corpus | minutes | parameters | steps | held-out loss | validation BLEU "
              "| settings | commit | chosen |",
              "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
     for name, r in sorted(candidates, key=lambda c: (c[1]["model"], c[0])):
         own = [s for s in r["settings"] if not s.startswith(SHARED)]
+        mark = "yes" if chosen[r["model"], r["corpus"]] == name else ""
         lines.append(f"| {name} | {r['model']} | {r['corpus']} | {r['train_minutes']:.0f} | {r['parameters']:,} | "
                      f"{r['steps']:,} | {r['valid_loss_curve'][-1][1]:.3f} | {r['valid_curve'][-1][1]:.2f} | "
-                     f"{', '.join(own) or '-'} | {r['commit']} | {'yes' if chosen[r['model']] == name else ''} |")
+                     f"{', '.join(own) or '-'} | {r['commit']} | {mark} |")
     return [*lines, ""]
 
 
