@@ -80,6 +80,7 @@ class TaskKind:
     noun: str = ""  # what a run of this kind is, e.g. "language model"
     command: str | None = None  # the command that uses such a run besides eval ("generate", "translate")
     data_fields: dict[str, str] = {}  # model config fields set from the data -> where they come from
+    reads_tokenizer_corpus = False  # whether a fresh run's tokenizer also learns from data.tokenizer_corpus
 
     def describe(self, data) -> str:
         return f"a {self.noun}"

@@ -38,7 +38,7 @@ def build_tokenizer(config: RunConfig):
     data = config.data
     kind = MODELS[config.model_type].kind
     kind.check_data(config.model_type, data)
-    if data.tokenizer_corpus and (kind.name != "span" or config.model.get("init_from")):
+    if data.tokenizer_corpus and (not kind.reads_tokenizer_corpus or config.model.get("init_from")):
         raise UsageError(f"data.tokenizer_corpus = {data.tokenizer_corpus!r}: only span-corruption pre-training "
                          "trains its tokenizer on a further corpus (a run with model.init_from takes its tokenizer)")
     if config.model.get("init_from"):

@@ -175,6 +175,7 @@ class SpanCorruptionKind(_T5Kind, _TextKind):
 
     name, noun, command = "span", "T5 pre-trained by span corruption", None
     data_fields = _T5Kind.data_fields
+    reads_tokenizer_corpus = True
 
     def describe(self, data) -> str:
         return f"a T5 pre-trained by span corruption on {data.corpus}"
