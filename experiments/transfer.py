@@ -18,9 +18,9 @@ Fine-tuning: the presets ``wordnet_lexname_encoder`` (scratch, MLM, MiniLM) and 
 lowest validation loss (``train.keep_best``; validated about once an epoch of its labelled glosses, at most
 every 50 steps); that checkpoint is scored on the test glosses. Learning
 rates are chosen on validation data only: each model's candidates (``LEARNING_RATES``) are tried on the
-lexicographer-file task at each size, and the one with the best validation accuracy there is used for that
-size on both tasks (the part-of-speech runs reuse the lexicographer file's choice). Test figures never
-choose anything.
+lexicographer-file task at the ``--sweep-sizes`` (1,000 glosses by default), and the one with the best
+validation accuracy there is used on both tasks, at that size and at the larger sizes that were not swept
+(the part-of-speech runs reuse the lexicographer file's choice). Test figures never choose anything.
 Writes experiments/results/transfer.{json,md,png} and transfer_pretraining.png.
 """
 
@@ -196,11 +196,27 @@ def tried_lrs(results: dict, model: str, size: int) -> dict[float, dict]:
             and r["size"] == size and r["lr"] in LEARNING_RATES[model]}
 
 
-def chosen_lr(results: dict, model: str, size: int) -> float | None:
-    """The learning rate of ``model``'s best validation accuracy on the lexicographer file at ``size``
-    (failed runs never chosen); None before any candidate ran there."""
+def size_order(size: int) -> float:
+    return float("inf") if size == 0 else size
+
+
+def lr_choice(results: dict, model: str, size: int) -> tuple[float, int] | None:
+    """``model``'s learning rate for ``size`` and the size it was chosen at: the best validation accuracy on
+    the lexicographer file among the candidates run at ``size`` (failed runs never chosen) when two or more
+    ran there; otherwise the choice at the largest smaller size that has one (the sweep runs at
+    ``--sweep-sizes`` only, the grid at the chosen rate); None if there is none."""
     ok = [r for r in tried_lrs(results, model, size).values() if "error" not in r]
-    return max(ok, key=lambda r: r["valid_accuracy"])["lr"] if ok else None
+    if len(ok) > 1:
+        return max(ok, key=lambda r: r["valid_accuracy"])["lr"], size
+    below = [r["size"] for r in results["runs"].values() if r["task"] == "lexname" and r["model"] == model
+             and size_order(r["size"]) < size_order(size)]
+    choice = lr_choice(results, model, max(below, key=size_order)) if below else None
+    return choice or ((ok[0]["lr"], size) if ok else None)
+
+
+def chosen_lr(results: dict, model: str, size: int) -> float | None:
+    choice = lr_choice(results, model, size)
+    return choice[0] if choice else None
 
 
 # ---- pre-training ----------------------------------------------------------------------------------
@@ -282,8 +298,9 @@ def markdown(results: dict) -> str:
              f"torch {meta['torch']}, {meta['machine']}. Fine-tuning runs: {meta['minutes']:g} minutes of training "
              "each (validation included), one thread each, two at a time; the checkpoint of the lowest validation "
              "loss is scored on the test glosses (held out by the sha1 rule on the synset offset). Learning rates "
-             "were chosen per model and size on validation accuracy (lexicographer file), the same for both "
-             "tasks.", ""]
+             "were chosen per model on validation accuracy (lexicographer file), the same for both tasks, at each "
+             "size where the candidates ran; a size where they did not takes the choice at the largest such size "
+             "below it (marked).", ""]
     pre = results.get("pretraining", {})
     if pre:
         lines += ["## Pre-training (same text, same budget, side by side)", "",
@@ -316,15 +333,14 @@ def markdown(results: dict) -> str:
               "|---|---|" + "---|" * width + "---|"]
     for m in MODELS:
         for s in SIZES:
-            tried = tried_lrs(results, m, s)
-            if not tried:
+            tried, choice = tried_lrs(results, m, s), lr_choice(results, m, s)
+            if choice is None:
                 continue
             cells = [f"{lr:g}: " + ("-" if lr not in tried else "failed" if "error" in tried[lr]
                                     else f"{100 * tried[lr]['valid_accuracy']:.1f}%") for lr in LEARNING_RATES[m]]
             cells += [""] * (width - len(cells))
-            lr = chosen_lr(results, m, s)
-            lines.append(f"| {LABELS[m]} | {size_name(s)} | " + " | ".join(cells) +
-                         f" | {lr if lr is not None else '-'} |")
+            chosen = f"{choice[0]:g}" + ("" if choice[1] == s else f" (chosen at {size_name(choice[1])})")
+            lines.append(f"| {LABELS[m]} | {size_name(s)} | " + " | ".join(cells) + f" | {chosen} |")
     for task in TASKS:
         lines += ["", f"## Test accuracy: {TASKS[task]}", "",
                   "| model | " + " | ".join(f"{size_name(s)} labelled" for s in SIZES) + " |", "|---|---|---|---|"]
@@ -417,6 +433,9 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--sizes", nargs="+", type=int, default=SIZES, help="labelled glosses per run (0: all)")
+    p.add_argument("--sweep-sizes", nargs="+", type=int, default=SIZES[:1],
+                   help="sizes at which every learning-rate candidate runs (the lexicographer file); a size not "
+                        "swept uses the choice at the largest swept size below it")
     p.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at a time (one thread each)")
     p.add_argument("--warmup-steps", type=int, default=30, help="learning-rate warm-up of each fine-tuning run")
     p.add_argument("--eval-every", type=int, default=0,
@@ -450,7 +469,7 @@ def main(argv=None) -> None:
         if args.stage in ("all", "pretrain"):
             pretrain(args)
         if args.stage in ("all", "finetune"):
-            sweep = [("lexname", m, s, lr) for s in args.sizes for m in args.models for lr in LEARNING_RATES[m]]
+            sweep = [("lexname", m, s, lr) for s in args.sweep_sizes for m in args.models for lr in LEARNING_RATES[m]]
             run_grid([c for c in sweep if run_key(*c) not in results["runs"]], args, results, out)
             grid = [(t, m, s, chosen_lr(results, m, s)) for t in args.tasks for m in args.models
                     for s in args.sizes]

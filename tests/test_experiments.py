@@ -250,3 +250,29 @@ def test_translation_reports_the_candidates_and_chooses_the_lowest_validation_lo
     assert "| 4.000 | 0.50 |" in rows["t_small"]
     assert next(line for line in lines if line.startswith("| t_bible |")).endswith("| - | abc1234 | yes |")
     assert translation.recipe_lines(tmp_path / "none") == []
+
+
+def test_transfer_reuses_the_choice_at_the_largest_swept_size_below_where_no_sweep_ran():
+    t = load("transfer")
+    lrs = t.LEARNING_RATES["mlm"]
+
+    def run(size, lr, valid):
+        return {"task": "lexname", "model": "mlm", "size": size, "lr": lr, "valid_accuracy": valid,
+                "test_accuracy": 0.5, "test_macro_f1": 0.2, "majority_accuracy": 0.1, "steps": 100, "best_step": 50,
+                "parameters": 1000, "load_before": [1.0, 1, 1], "settings": [f"train.lr={lr}"]}
+
+    runs = {t.run_key("lexname", "mlm", 1000, lr): run(1000, lr, 0.6 if i == 1 else 0.3) for i, lr in enumerate(lrs)}
+    # at 10,000 a single run, at a rate that is not the choice at 1,000, and with a better validation figure
+    runs[t.run_key("lexname", "mlm", 10000, lrs[2])] = run(10000, lrs[2], 0.9)
+    results = {"meta": {"torch": "2.x", "machine": "test", "minutes": 3.0}, "runs": runs}
+    assert t.lr_choice(results, "mlm", 1000) == (lrs[1], 1000)
+    assert t.lr_choice(results, "mlm", 10000) == (lrs[1], 1000)  # one run is no sweep
+    assert t.lr_choice(results, "mlm", 0) == (lrs[1], 1000)  # the largest size below that has a choice
+    assert t.chosen_lr(results, "scratch", 10000) is None
+    text = t.markdown(results)
+    assert f"| {t.LABELS['mlm']} | all | " + " | ".join(f"{lr:g}: -" for lr in lrs) + \
+        f" |  | {lrs[1]:g} (chosen at 1000) |" in text
+    # a sweep at 10,000 (two or more candidates) chooses there
+    runs[t.run_key("lexname", "mlm", 10000, lrs[0])] = run(10000, lrs[0], 0.4)
+    assert t.lr_choice(results, "mlm", 10000) == (lrs[2], 10000)
+    assert t.lr_choice(results, "mlm", 0) == (lrs[2], 10000)
