@@ -50,7 +50,7 @@ def translate(model, tokenizer, texts: Sequence[str], *, beam_size: int = 1, max
     pad = tokenizer.pad_id
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
     out: list[str] = [""] * len(texts)
-    max_len = getattr(model.config, "max_len", 10**9)
+    max_len = getattr(model.config, "max_len", None)  # None: sources are not cut
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         encoded = [tokenizer.encode(texts[j])[: max_len] for j in idx]

@@ -49,6 +49,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..kernels.alloc import token_major
+from ..seeding import derive_seed
 from .attention import check_key_mask
 
 IMPLS = ("auto", "reference", "chunked", "dense", "fused")
@@ -533,7 +534,7 @@ class _Round:
             self.forbid = _causal_window(C, device)
         if where is not None:
             self.q_where = where[order.clamp(max=L - 1)]  # (Lp, R)
-            self.k_where = torch.full((C + Lp, where.shape[1]), -(2**40), dtype=where.dtype, device=device)
+            self.k_where = torch.full((C + Lp, where.shape[1]), _MEETS_NOTHING, dtype=where.dtype, device=device)
             self.k_where[C:] = self.q_where
 
     def gather(self, x: Tensor, c0: int, c1: int, out: Tensor) -> Tensor:
@@ -595,9 +596,14 @@ class _Round:
     def dropout(self, p: Tensor, n: int, r: int, c0: int) -> Tensor:
         """p with dropout applied; the mask is drawn from (seed, n, r, c0), so backward redraws it."""
         g = torch.Generator(device=p.device)
-        g.manual_seed((self.cfg.seed * 1_000_003 + (n * 10_007 + r) * 1_000_033 + c0) % (2**63))
+        g.manual_seed(derive_seed(self.cfg.seed, "lsh-dropout", n, r, c0))
         keep = torch.rand(p.shape, generator=g, device=p.device, dtype=p.dtype) >= self.cfg.dropout_p
         return p * keep * (1.0 / (1.0 - self.cfg.dropout_p))
+
+
+# The window id of the empty chunk before chunk 0: every query's id is far more than 1 above it, so it meets
+# no query (real ids are below n_buckets * (n_chunks + 1), far under 2**40).
+_MEETS_NOTHING = -(2**40)
 
 
 @functools.lru_cache(maxsize=16)

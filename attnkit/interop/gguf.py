@@ -60,6 +60,9 @@ def open_gguf(path: str | Path):
     return _gguf_module().GGUFReader(str(path))
 
 
+_LONGEST_KEPT_ARRAY = 64  # metadata arrays longer than this (the vocabulary, merges, scores) are data, not settings
+
+
 def metadata(reader, *, skip_arrays: bool = True) -> dict[str, Any]:
     """The file's key/value metadata as Python values (long arrays, such as the vocabulary, are left
     out when ``skip_arrays``)."""
@@ -67,7 +70,7 @@ def metadata(reader, *, skip_arrays: bool = True) -> dict[str, Any]:
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):
             continue
-        if skip_arrays and len(field.data) > 64:
+        if skip_arrays and len(field.data) > _LONGEST_KEPT_ARRAY:
             continue
         out[key] = field.contents()
     return out

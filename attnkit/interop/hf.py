@@ -13,8 +13,9 @@ Loading never executes code from the checkpoint: only JSON and safetensors (or G
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -250,10 +251,19 @@ def to_llama(model: TransformerLM) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 # ------------------------------------------------------------------------------------------- the API
 
+class _Family(NamedTuple):
+    """How one Hugging Face ``model_type`` maps onto attnkit."""
+
+    make_config: Callable[[dict], Any]  # HF config.json -> attnkit config (unsupported options raise)
+    make_names: Callable[[Any], list[tuple[str, str]]]  # attnkit config -> (our name, their name) pairs
+    normalize: Callable[[dict], dict]  # HF state dict -> the same with their naming variants unified
+    ignored: Callable[[str], bool]  # HF tensors with no place in attnkit that may be dropped silently
+    cls: type[nn.Module]  # the attnkit model class
+
+
 _FAMILIES = {
-    # model_type: (config from HF, names, normalize HF keys, ignorable HF keys, model class)
-    "bert": (bert_config, bert_names, _bert_normalize, _bert_ignored, TransformerEncoder),
-    "llama": (llama_config, llama_names, _llama_normalize, _llama_ignored, TransformerLM),
+    "bert": _Family(bert_config, bert_names, _bert_normalize, _bert_ignored, TransformerEncoder),
+    "llama": _Family(llama_config, llama_names, _llama_normalize, _llama_ignored, TransformerLM),
 }
 
 
@@ -276,13 +286,14 @@ def _family(hf_config: dict[str, Any], path, expect):
             f"model_type {model_type!r} (architectures {hf_config.get('architectures')}) is not supported; "
             f"attnkit loads: " + ", ".join(f"{k} -> {v}" for k, v in SUPPORTED_MODEL_TYPES.items())
         )
-    make_config, make_names, normalize, ignored, cls = _FAMILIES[model_type]
-    if expect is not None and cls is not expect:
+    family = _FAMILIES[model_type]
+    if expect is not None and family.cls is not expect:
+        name = family.cls.__name__
         raise UnsupportedCheckpoint(
-            f"{path} is a {model_type} checkpoint, which loads as {cls.__name__}, not {expect.__name__}; "
-            f"load it with expect={cls.__name__} (or expect=None)"
+            f"{path} is a {model_type} checkpoint, which loads as {name}, not {expect.__name__}; "
+            f"load it with expect={name} (or expect=None)"
         )
-    return model_type, make_config, make_names, normalize, ignored, cls
+    return model_type, family
 
 
 def _resolve(path: str | Path, gguf_file: str | Path | None) -> tuple[Path, Path | None]:
@@ -326,15 +337,16 @@ def load_pretrained(
         from .gguf import read_gguf
 
         hf_config, hf_state = read_gguf(gguf_path)  # checks the metadata before dequantizing anything
-        model_type, make_config, make_names, normalize, ignored, cls = _family(hf_config, path, expect)
-        config = make_config(hf_config)
+        model_type, family = _family(hf_config, path, expect)
+        config = family.make_config(hf_config)
     else:
         hf_config = read_config(folder)
-        model_type, make_config, make_names, normalize, ignored, cls = _family(hf_config, path, expect)
-        config = make_config(hf_config)  # unsupported options are reported before the weights are read
+        model_type, family = _family(hf_config, path, expect)
+        config = family.make_config(hf_config)  # unsupported options are reported before the weights are read
         hf_state = read_safetensors(folder)
-    names = make_names(config)
-    hf_state = normalize(hf_state)
+    cls = family.cls
+    names = family.make_names(config)
+    hf_state = family.normalize(hf_state)
     wanted = {theirs for _, theirs in names}
     missing = [theirs for _, theirs in names if theirs not in hf_state]
     if missing:
@@ -342,7 +354,7 @@ def load_pretrained(
             f"{path}: the weights lack {len(missing)} tensor(s) the {model_type} model needs: "
             + ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
         )
-    unexpected = [k for k in hf_state if k not in wanted and not ignored(k)]
+    unexpected = [k for k in hf_state if k not in wanted and not family.ignored(k)]
     if model_type == "llama" and config.tie_embeddings:
         unexpected = [k for k in unexpected if k != "lm_head.weight"]  # some tied checkpoints save it anyway
     if unexpected:

@@ -11,7 +11,6 @@ whole logits) is trained through it: the task passes the targets to the model's 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from ..data.batching import pad_sequences, random_windows, token_batches
 from ..nn.chunked import TokenLoss
+from ..seeding import derive_seed
 
 IGNORE = -100  # target id left out of every loss
 
@@ -33,13 +33,6 @@ class Task(Protocol):
     def eval_batches(self) -> Iterable[Any]: ...
 
     def loss(self, model: torch.nn.Module, batch: Any, *, label_smoothing: float = 0.0) -> TokenLoss: ...
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from any parts (a task's seed, a batch index, a purpose): distinct parts give
-    independent streams, and the same parts always the same one."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def _generator(*parts: int | str) -> torch.Generator:
