@@ -18,9 +18,10 @@ Fine-tuning: the presets ``wordnet_lexname_encoder`` (scratch, MLM, MiniLM) and 
 lowest validation loss (``train.keep_best``; validated about once an epoch of its labelled glosses, at most
 every 50 steps); that checkpoint is scored on the test glosses. Learning
 rates are chosen on validation data only: each model's candidates (``LEARNING_RATES``) are tried on the
-lexicographer-file task at the ``--sweep-sizes`` (1,000 glosses by default), and the one with the best
-validation accuracy there is used on both tasks, at that size and at the larger sizes that were not swept
-(the part-of-speech runs reuse the lexicographer file's choice). Test figures never choose anything.
+lexicographer-file task at the ``--sweep-sizes`` (1,000 and 10,000 glosses by default), and the one with the
+best validation accuracy there is used on both tasks, at that size and at the larger sizes that were not
+swept (all glosses take the choice at 10,000; the part-of-speech runs reuse the lexicographer file's
+choice). Test figures never choose anything.
 Writes experiments/results/transfer.{json,md,png} and transfer_pretraining.png.
 """
 
@@ -433,9 +434,9 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--sizes", nargs="+", type=int, default=SIZES, help="labelled glosses per run (0: all)")
-    p.add_argument("--sweep-sizes", nargs="+", type=int, default=SIZES[:1],
+    p.add_argument("--sweep-sizes", nargs="+", type=int, default=SIZES[:2],
                    help="sizes at which every learning-rate candidate runs (the lexicographer file); a size not "
-                        "swept uses the choice at the largest swept size below it")
+                        "swept (by default all glosses) uses the choice at the largest swept size below it")
     p.add_argument("--jobs", type=int, default=2, help="fine-tuning runs at a time (one thread each)")
     p.add_argument("--warmup-steps", type=int, default=30, help="learning-rate warm-up of each fine-tuning run")
     p.add_argument("--eval-every", type=int, default=0,
