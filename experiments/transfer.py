@@ -47,8 +47,8 @@ MODELS = {  # name -> (preset, what it starts from)
     "minilm": ("wordnet_lexname_encoder", "minilm"),
 }
 LEARNING_RATES = {  # candidates; a grid whose best was at its edge was widened that way
-    "scratch": [2e-4, 5e-4, 1e-3, 2e-3],
-    "mlm": [1e-4, 3e-4, 1e-3],
+    "scratch": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3],
+    "mlm": [1e-4, 3e-4, 1e-3, 3e-3],
     "bilm": [3e-4, 1e-3, 3e-3],
     "minilm": [3e-5, 1e-4, 3e-4, 1e-3],
 }

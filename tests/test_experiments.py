@@ -54,11 +54,18 @@ def test_transfer_chooses_learning_rates_per_size_on_validation_and_reports_the_
     assert "90.0%" not in text  # a test figure of a rate validation did not choose is never reported
     assert any(line.startswith(f"| {t.LABELS['bilm']} |") and line.endswith("| failed: out of memory |")
                for line in text.splitlines())  # the failed run shows in the test-accuracy table, not only below
-    scratch = "| encoder from scratch"
-    for row in (f"{scratch} | 1000 | 0.0002: 30.0% | 0.0005: 50.0% | 0.001: 30.0% | 0.002: 30.0% | 0.0005 |",
-                f"{scratch} | all | 0.0002: 50.0% | 0.0005: 30.0% | 0.001: 30.0% | 0.002: failed | 0.0002 |",
-                "| encoder, masked-LM pre-trained | 10000 | 0.0001: 30.0% | 0.0003: 30.0% | 0.001: 50.0% |  | 0.001 |"):
-        assert row in text
+    width = max(len(v) for v in t.LEARNING_RATES.values())
+
+    def row(model, size, failed=None):  # the learning-rate table's row: each candidate's validation figure
+        lrs, pick = t.LEARNING_RATES[model], prefer[size]
+        cells = [f"{lr:g}: " + ("failed" if lr == failed else "50.0%" if i == pick else "30.0%")
+                 for i, lr in enumerate(lrs)]
+        return (f"| {t.LABELS[model]} | {t.size_name(size)} | " + " | ".join(cells + [""] * (width - len(lrs)))
+                + f" | {lrs[pick]:g} |")
+
+    for expected in (row("scratch", 1000), row("scratch", 0, failed=t.LEARNING_RATES["scratch"][-1]),
+                     row("mlm", 10000)):
+        assert expected in text
     t.plot(results, tmp_path / "transfer.png")
     assert (tmp_path / "transfer.png").stat().st_size > 10_000
 
