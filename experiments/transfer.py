@@ -312,7 +312,8 @@ def markdown(results: dict) -> str:
             what = "masked tokens" if name == "mlm" else "next and previous token, mean of the two LMs"
             lines.append(f"| {LABELS[name]} | {p['preset']} | {p['parameters']:,} | {p['steps']:,} | "
                          f"{100 * final:.1f}% ({what}) | {p.get('final_eval_loss') or float('nan'):.3f} |")
-        lines += ["", "Held-out accuracy against time: `transfer_pretraining.png`.", ""]
+        lines += ["", "Made by `python experiments/transfer.py --stage pretrain` (both at once, one thread each). "
+                  "Held-out accuracy against time: `transfer_pretraining.png`.", ""]
     recipe = results.get("mlm_recipe", [])
     if recipe:
         lines += ["## Masked-LM recipe (chosen on held-out masked-token accuracy)", "",

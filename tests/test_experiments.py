@@ -277,8 +277,9 @@ def test_transfer_reuses_the_choice_at_the_largest_swept_size_below_where_no_swe
     assert t.lr_choice(results, "mlm", 0) == (lrs[1], 1000)  # the largest size below that has a choice
     assert t.chosen_lr(results, "scratch", 10000) is None
     text = t.markdown(results)
-    assert f"| {t.LABELS['mlm']} | all | " + " | ".join(f"{lr:g}: -" for lr in lrs) + \
-        f" |  | {lrs[1]:g} (chosen at 1000) |" in text
+    width = max(len(v) for v in t.LEARNING_RATES.values())
+    cells = [f"{lr:g}: -" for lr in lrs] + [""] * (width - len(lrs))
+    assert f"| {t.LABELS['mlm']} | all | " + " | ".join(cells) + f" | {lrs[1]:g} (chosen at 1000) |" in text
     # a sweep at 10,000 (two or more candidates) chooses there
     runs[t.run_key("lexname", "mlm", 10000, lrs[0])] = run(10000, lrs[0], 0.4)
     assert t.lr_choice(results, "mlm", 10000) == (lrs[2], 10000)
