@@ -3,7 +3,8 @@
 Each (implementation, length) runs in a fresh subprocess: ``--warmup`` untimed steps (default 1), then
 ``--repeats`` timed steps, shown as their median and min-max range. Peak memory is the child's peak RSS
 (``resource.getrusage``'s ru_maxrss, KiB on Linux, divided by 2**20: GiB), which includes the ~0.25 GiB
-of an imported torch.
+of an imported torch; the tables also give the peak less the RSS after importing torch ("above import":
+the memory the layer itself used, the same baseline subtracted from every row).
 Every layer has the same shape: d_model = heads * d_head, causal, fp32, x of shape (batch, L, d_model)
 (``--batch``, default 1), and for the LSH layers n_hashes and bucket_size as given (defaults: 4 heads x 64,
 4 hashes, bucket 64). Rows (each says its settings in the table's "settings" column and the JSON):
@@ -215,8 +216,17 @@ def summary(rows: list[dict]) -> list[str]:
             continue
         speed = times_better(r["time_s"] / base["time_s"], "faster", "slower")
         memory = times_better(r["peak_rss_gb"] / base["peak_rss_gb"], "leaner", "heavier")
-        lines.append(f"{r['length']:,} tokens: attnkit is {speed} and {memory} than {r['impl']} ({r['settings']})")
+        own = (f" in peak RSS, {times_better(layer_gib(r) / layer_gib(base), 'leaner', 'heavier')} in the memory "
+               "above the imported torch") if layer_gib(r) and layer_gib(base) else ""
+        lines.append(f"{r['length']:,} tokens: attnkit is {speed} and {memory}{own} than {r['impl']} "
+                     f"({r['settings']})")
     return lines
+
+
+def layer_gib(r: dict) -> float | None:
+    """The memory a row's layer used: its peak RSS less the RSS of the same process after importing torch
+    (what every row starts from), in GiB; None where the row did not record the latter."""
+    return r["peak_rss_gb"] - r["import_rss_gb"] if r.get("import_rss_gb") is not None else None
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -236,23 +246,28 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"Batch {meta['batch']}, fp32, causal, {meta['heads']} heads x {meta['d_head']}, {meta['n_hashes']} hashes, "
         f"bucket {meta['bucket_size']}; time: median (min-max) of {meta['repeats']} timed step(s) after "
-        f"{meta['warmup']} warm-up; memory: peak RSS of a fresh process in GiB ({allocator}).",
+        f"{meta['warmup']} warm-up; memory: peak RSS of a fresh process in GiB ({allocator}), and that peak less the RSS "
+        "after importing torch (above import).",
         "",
-        "| tokens | implementation | settings | time (s) | CPU time (s) | peak RSS (GiB) | time / attnkit "
-        "| memory / attnkit | load avg |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| tokens | implementation | settings | time (s) | CPU time (s) | peak RSS (GiB) | above import (GiB) "
+        "| time / attnkit | memory / attnkit (RSS; above import) | load avg |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ours = {r["length"]: r for r in rows if r["impl"] == "attnkit" and "time_s" in r}
     for r in rows:
         head = f"| {r['length']:,} | {r['impl']} | {r.get('settings', '-')} |"
         if "time_s" not in r:
-            out.append(f"{head} {r.get('error') or r.get('skipped')} | | | | | {r['load_before']:.1f} |")
+            out.append(f"{head} {r.get('error') or r.get('skipped')} | | | | | | {r['load_before']:.1f} |")
             continue
         base = ours.get(r["length"])
+        own = layer_gib(r)
         tr = f"{r['time_s'] / base['time_s']:.1f}x" if base else "-"
         mr = f"{r['peak_rss_gb'] / base['peak_rss_gb']:.1f}x" if base else "-"
+        if base and own and layer_gib(base):
+            mr += f"; {own / layer_gib(base):.1f}x"
         out.append(
-            f"{head} {fmt_time(r)} | {r['cpu_s']:.2f} | {r['peak_rss_gb']:.2f} | {tr} | {mr} | {r['load_before']:.1f} |"
+            f"{head} {fmt_time(r)} | {r['cpu_s']:.2f} | {r['peak_rss_gb']:.2f} | "
+            f"{'-' if own is None else f'{own:.2f}'} | {tr} | {mr} | {r['load_before']:.1f} |"
         )
     ratios = summary(rows)
     if ratios:

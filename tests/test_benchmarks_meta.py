@@ -13,10 +13,10 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
-def row(impl, length, time_s, rss, times=None):
+def row(impl, length, time_s, rss, times=None, import_rss=0.2):
     return {
         "impl": impl, "length": length, "settings": bench.settings(impl, 8), "load_before": 1.0, "time_s": time_s,
-        "times_s": times or [time_s], "cpu_s": time_s, "peak_rss_gb": rss,
+        "times_s": times or [time_s], "cpu_s": time_s, "peak_rss_gb": rss, "import_rss_gb": import_rss,
     }
 
 
@@ -48,17 +48,20 @@ def test_markdown_header_table_and_ratios():
     text = bench.markdown(rows, META)
     assert "Batch 16," in text and "Commit abc1234-dirty" in text and "transformers not installed" in text
     assert "Some CPU, 2 CPUs, 2 torch threads" in text and "1.00 / 1.50 / 2.00 before the run" in text
-    assert "| peak RSS (GiB) |" in text and "| settings |" in text
+    assert "| peak RSS (GiB) | above import (GiB) |" in text and "| settings |" in text
+    assert "| 1.80 | 1.60 | 2.0x | 2.0x; 2.3x |" in text  # reformer-pytorch: 1.6 / 0.7 above the import
     assert "| 2.85 (2.8-2.91) |" in text  # three significant digits
     assert "| attn_chunks=8, attend_across_buckets=False |" in text
     assert (
-        "- 4,096 tokens: attnkit is 2.0x faster and 2.0x leaner than reformer_pytorch_chunked "
-        "(attn_chunks=8, attend_across_buckets=False)" in text
+        "- 4,096 tokens: attnkit is 2.0x faster and 2.0x leaner in peak RSS, 2.3x leaner in the memory above the "
+        "imported torch than reformer_pytorch_chunked (attn_chunks=8, attend_across_buckets=False)" in text
     )
-    assert "attnkit is 1.4x slower and 1.1x heavier than sdpa" in text
+    assert "attnkit is 1.4x slower and 1.1x heavier in peak RSS, 1.1x heavier in the memory above" in text
+    old = bench.markdown([{k: v for k, v in r.items() if k != "import_rss_gb"} for r in rows[:2]], META)
+    assert "attnkit is 2.0x faster and 2.0x leaner than reformer_pytorch_chunked" in old  # rows without it
     assert "than transformers" not in text  # skipped rows get no ratio line
     widths = {line.count("|") for line in text.splitlines() if line.startswith("|")}
-    assert widths == {10}  # every table line has the same number of cells
+    assert widths == {11}  # every table line has the same number of cells
 
 
 def test_provenance_fields():
