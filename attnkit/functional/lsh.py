@@ -531,7 +531,7 @@ class _Round:
         elif cfg.causal:
             # Within a bucket the sorted order is the position order, so the causal pattern is fixed:
             # query i of a chunk may see window keys 0 .. C + i.
-            self.forbid = _causal_window(C, device)
+            self.causal_bias = _causal_bias(C, device)
         if where is not None:
             self.q_where = where[order.clamp(max=L - 1)]  # (Lp, R)
             self.k_where = torch.full((C + Lp, where.shape[1]), _MEETS_NOTHING, dtype=where.dtype, device=device)
@@ -564,15 +564,22 @@ class _Round:
         return x[c0 * self.C : c1 * self.C].view(c1 - c0, self.C, *x.shape[1:])
 
     def scores(self, q_s: Tensor, k_rows: Tensor, c0: int, c1: int) -> Tensor:
-        """Scores of chunks [c0, c1) against their windows, -inf where not allowed: (m, C, 2C)."""
+        """Scores of chunks [c0, c1) against their windows: (m, C, 2C), -inf for later keys and the token
+        itself, at most ``_FORBIDDEN`` for keys of another bucket (a row whose maximum is below
+        ``_EMPTY_BELOW`` has no allowed key)."""
         cfg = self.cfg
-        s = torch.bmm(q_s, self.window(k_rows).transpose(1, 2))  # (m, C, 2C)
-        forbid = torch.ne(self.rows(self.q_code, c0, c1)[:, :, None], self.window(self.k_code, c0, c1)[:, None, :])
+        dtype = q_s.dtype
+        # The bucket rule as an additive bias, _FORBIDDEN times the distance of the two bucket codes (0 for
+        # one bucket, at least 1 otherwise), computed by arithmetic and added inside the product: a boolean
+        # masked_fill of the same pattern runs several times slower on CPU.
+        bias = torch.sub(self.rows(self.q_code, c0, c1).to(dtype)[:, :, None],
+                         self.window(self.k_code, c0, c1).to(dtype)[:, None, :]).abs_().mul_(_FORBIDDEN)
         if cfg.causal and cfg.across:
-            forbid |= torch.gt(self.window(self.k_pos, c0, c1)[:, None, :], self.rows(self.q_pos, c0, c1)[:, :, None])
+            later = torch.gt(self.window(self.k_pos, c0, c1)[:, None, :], self.rows(self.q_pos, c0, c1)[:, :, None])
+            bias.masked_fill_(later, float("-inf"))
         elif cfg.causal:
-            forbid |= self.forbid
-        s.masked_fill_(forbid, float("-inf"))
+            bias += self.causal_bias.to(dtype)
+        s = torch.baddbmm(bias, q_s, self.window(k_rows).transpose(1, 2))  # (m, C, 2C)
         if cfg.dedup:
             s.sub_(self._meet_counts(c0, c1, s.dtype).log_())
         s.diagonal(offset=self.C, dim1=1, dim2=2).fill_(float("-inf"))  # itself: see _self_fallback
@@ -606,11 +613,19 @@ class _Round:
 _MEETS_NOTHING = -(2**40)
 
 
+# A pair of different buckets scores at most this (not -inf, so that the bucket rule is arithmetic: see
+# _Round.scores). Its weight, exp(_FORBIDDEN - max), is exactly 0 in fp32 and fp64, and a row whose best
+# score is below _EMPTY_BELOW met no allowed key.
+_FORBIDDEN = -1e30
+_EMPTY_BELOW = _FORBIDDEN / 2
+
+
 @functools.lru_cache(maxsize=16)
-def _causal_window(C: int, device: torch.device) -> Tensor:
-    """(C, 2C) True where query i of a chunk may not see window key j (j > C + i): the causal pattern
-    within a bucket, the same for every chunk, head and round (built once, not per round)."""
-    return torch.ones(C, 2 * C, dtype=torch.bool, device=device).triu(C + 1)
+def _causal_bias(C: int, device: torch.device) -> Tensor:
+    """(C, 2C): -inf where query i of a chunk may not see window key j (j > C + i), else 0: the causal
+    pattern within a bucket, the same for every chunk, head and round (built once, not per round)."""
+    later = torch.ones(C, 2 * C, dtype=torch.bool, device=device).triu(C + 1)
+    return torch.zeros(C, 2 * C, device=device).masked_fill_(later, float("-inf"))
 
 
 class _SliceRows:
@@ -686,7 +701,9 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         qr, kr, vr = rows.load(rd, q_n, key_scale, v_n, c0, c1)
                         s = rd.scores(qr[C:].view(m, C, D), kr, c0, c1)  # (m, C, 2C)
                         mx = s.amax(dim=-1)  # (m, C)
-                        p = rd.probabilities(s, mx == float("-inf"))
+                        empty = mx < _EMPTY_BELOW  # no allowed key in this round
+                        mx.masked_fill_(empty, float("-inf"))
+                        p = rd.probabilities(s, empty)
                         # The largest weight is exp(max - lse), which gives the log-sum-exp.
                         lse_s = torch.sub(mx, p.amax(dim=-1).log_(), out=rd.rows(lse_rounds[n, r], c0, c1))
                         if cfg.dropout_p > 0.0:
