@@ -374,17 +374,19 @@ def test_head_threads_match_serial(monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_gpu_hashing_layout_gives_the_same_buckets(monkeypatch):
-    # On a GPU the heads are hashed together in blocks of tokens; the buckets must not depend on it.
+def test_hashing_layouts_give_the_same_buckets(monkeypatch):
+    # Long inputs on a CPU are hashed head by head; short ones, and every input on a GPU, with the heads
+    # together in blocks of tokens. The buckets must not depend on the layout.
     import attnkit.functional.lsh as lsh
 
     x = torch.randn(2, 3, 50, 8, generator=torch.Generator().manual_seed(0))
     factors = (4, 6)
-    expected = lsh_buckets(x, 2, factors, seed=4)
-    got = torch.zeros_like(expected)
-    monkeypatch.setattr(lsh, "_HASH_ELEMENTS_GPU", 2 * 3 * 2 * 6 * 7)  # 7 tokens per block: a ragged end
-    lsh._hash_all_heads(x, got, factors, lsh.random_rotations(8, 2, factors, 4))
-    assert torch.equal(got, expected)
+    together = lsh_buckets(x, 2, factors, seed=4)  # few projections: every head at once, one block
+    monkeypatch.setattr(lsh, "_HASH_ELEMENTS_CPU", 0)
+    head_by_head = lsh_buckets(x, 2, factors, seed=4)
+    got = torch.zeros_like(together)
+    lsh._hash_all_heads(x, got, factors, lsh.random_rotations(8, 2, factors, 4), 2 * 3 * 2 * 6 * 7)  # ragged blocks
+    assert torch.equal(together, head_by_head) and torch.equal(got, head_by_head)
 
 
 @pytest.mark.parametrize("causal,dedup,masked", [(True, False, False), (False, True, True), (True, True, True)])

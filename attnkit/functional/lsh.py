@@ -56,6 +56,7 @@ IMPLS = ("auto", "reference", "chunked", "dense", "fused")
 FACTORIZE_ABOVE = 128  # more buckets than this are hashed as a product of two smaller rotations
 _HASH_BLOCK = 8192  # tokens hashed at a time on CPU (per head)
 _HASH_ELEMENTS_GPU = 1 << 26  # projections computed at a time on a GPU (256 MB in fp32)
+_HASH_ELEMENTS_CPU = 1 << 22  # up to this many projections in all (16 MB), a CPU hashes every head at once
 _SLICE_ELEMENTS = 1 << 19  # scores per slice in the chunked path (2 MiB in fp32)
 # On CPU, spread the heads over worker threads (set ATTNKIT_LSH_HEAD_THREADS=0 to use intra-op threads).
 _HEAD_THREADS = os.environ.get("ATTNKIT_LSH_HEAD_THREADS", "1") != "0"
@@ -149,7 +150,7 @@ def lsh_buckets(
     rotations = random_rotations(D, n_hashes, factors, seed, device=x.device)
     out = torch.zeros(B * H, n_hashes, L, dtype=torch.long, device=x.device)
 
-    if x.device.type == "cpu":
+    if x.device.type == "cpu" and B * H * n_hashes * L * max(factors) > _HASH_ELEMENTS_CPU:
 
         def heads(ns):  # one (batch, head) at a time, in blocks of tokens
             for n in ns:
@@ -159,7 +160,8 @@ def lsh_buckets(
 
         _run_heads(heads, B * H, x.device)
     else:
-        _hash_all_heads(x, out.view(B, H, n_hashes, L), factors, rotations)
+        budget = _HASH_ELEMENTS_CPU if x.device.type == "cpu" else _HASH_ELEMENTS_GPU
+        _hash_all_heads(x, out.view(B, H, n_hashes, L), factors, rotations, budget)
     return out.view(B, H, n_hashes, L)
 
 
@@ -175,10 +177,12 @@ def _hash_block(xb: Tensor, ids: Tensor, factors: tuple[int, ...], rotations: li
         ids.mul_(f).add_(torch.where(hi >= -lo, i_hi, i_lo + f // 2))
 
 
-def _hash_all_heads(x: Tensor, ids: Tensor, factors: tuple[int, ...], rotations: list) -> None:
-    """The GPU way: every head at once, in blocks of tokens. x (B, H, L, D), ids (B, H, n_hashes, L)."""
+def _hash_all_heads(x: Tensor, ids: Tensor, factors: tuple[int, ...], rotations: list, max_elements: int) -> None:
+    """Every head at once, in blocks of tokens of at most ``max_elements`` projections (at least one token):
+    the GPU way, and a CPU's for few tokens (fewer, larger operations than head by head).
+    x (B, H, L, D), ids (B, H, n_hashes, L)."""
     B, H, n_hashes, L = ids.shape
-    step = max(1, _HASH_ELEMENTS_GPU // (B * H * n_hashes * max(factors)))
+    step = max(1, max_elements // (B * H * n_hashes * max(factors)))
     with torch.no_grad():
         for t0 in range(0, L, step):
             _hash_block(x[:, :, t0 : t0 + step], ids[..., t0 : t0 + step], factors, rotations)
