@@ -111,9 +111,9 @@ def test_fast_paths_equal_the_reference_with_many_buckets_factorized():
 def test_auto_is_dense_while_the_windows_cover_a_short_sequence_and_chunked_beyond(monkeypatch):
     import attnkit.functional.lsh_dense as dense
 
-    qk, v = _inputs(L=30)
-    kw = dict(bucket_size=8, seed=5, causal=True)  # 4 chunks; 2 rounds x 2 x 8 window slots cover 30 tokens, 1 does not
-    assert dense.dense_fits(2, 2, 30, 2, 8) and not dense.dense_fits(2, 2, 30, 1, 8)
+    qk, v = _inputs(L=40)
+    kw = dict(bucket_size=8, seed=5, causal=True)  # 5 chunks: 2 rounds x 2 x 8 window slots reach half of 40 keys
+    assert dense.dense_fits(2, 2, 40, 2, 8) and not dense.dense_fits(2, 2, 40, 1, 8)
     assert torch.equal(lsh_attention(qk, v, n_hashes=2, **kw), lsh_attention(qk, v, n_hashes=2, impl="dense", **kw))
     assert torch.equal(lsh_attention(qk, v, n_hashes=1, **kw), lsh_attention(qk, v, n_hashes=1, impl="chunked", **kw))
     monkeypatch.setattr(dense, "DENSE_ELEMENTS", 1000)  # the masks of all heads must stay small

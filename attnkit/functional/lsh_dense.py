@@ -23,10 +23,11 @@ DENSE_ELEMENTS = 1 << 24  # "auto" takes this path when B * H * L^2 <= this (and
 
 def dense_fits(B: int, H: int, L: int, R: int, chunk: int) -> bool:
     """Whether "auto" computes LSH attention densely: each query's windows (R rounds x 2 chunks of keys)
-    are at least as many as the keys, so the chunked path would score no fewer pairs than full attention,
-    and the (L, L) masks of all heads stay small. Measured on a 2-core CPU (benchmarks/RESULTS.md, 4 heads
-    x 64, 4 rounds of 64): dense is faster up to L = 512 and the chunked path from 1,024, at batch 1 and 16."""
-    return 2 * R * chunk >= L and B * H * L * L <= DENSE_ELEMENTS
+    number at least half the keys, so the chunked path would score at least half the pairs full attention
+    scores, through many more, smaller operations; and the (L, L) masks of all heads stay small. Measured
+    on a 2-core CPU (benchmarks/RESULTS.md, 4 heads x 64, 4 rounds of 64, 2 threads): dense is faster up to
+    L = 1,024 at batch 1 (1.7x there) and the chunked path from 2,048."""
+    return 4 * R * chunk >= L and B * H * L * L <= DENSE_ELEMENTS
 
 
 def lsh_attention_dense(
