@@ -113,3 +113,35 @@ def test_commit_can_be_named_where_the_tree_has_no_history(monkeypatch, tmp_path
     assert git_commit(tmp_path) == "unknown"  # no git repository there
     monkeypatch.setenv("ATTNKIT_COMMIT", "808d4e1")
     assert git_commit(tmp_path) == "808d4e1"
+
+
+# ---------------------------------------------------------------------------------------------------
+# benchmarks/duplication_step.py
+
+DUP_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "duplication_step.py"
+dup_spec = importlib.util.spec_from_file_location("bench_duplication_step", DUP_PATH)
+dup = importlib.util.module_from_spec(dup_spec)
+dup_spec.loader.exec_module(dup)
+
+
+def test_duplication_batches_score_the_second_copy_only():
+    import torch
+
+    seq, targets = dup.batch(10, 3, torch.Generator().manual_seed(0))  # 0 w 0 w with |w| = 4
+    assert seq.shape == targets.shape == (3, 10)
+    assert torch.equal(seq[:, 1:5], seq[:, 6:]) and (seq[:, [0, 5]] == 0).all() and (seq[:, 1:5] > 0).all()
+    assert (targets[:, :5] == -100).all() and (targets[:, -1] == -100).all()
+    assert torch.equal(targets[:, 5:9], seq[:, 6:10])  # position t predicts token t + 1
+
+
+def test_duplication_step_runs_both_models_and_reports_the_ratio(tmp_path, capsys):
+    text = dup.main(["--lengths", "16", "--batch", "2", "--steps", "1", "--rounds", "2", "--threads", "1",
+                     "--out", str(tmp_path / "d")])
+    assert capsys.readouterr().out.startswith("    16 tokens: LSH-4 ")
+    saved = json.loads((tmp_path / "d.json").read_text())
+    (row,) = saved["rows"]
+    assert len(row["lsh-4"]) == len(row["full"]) == 2 and len(row["ratios"]) == 2
+    assert saved["meta"]["command"].startswith("python benchmarks/duplication_step.py --lengths 16")
+    assert "| 16 | " in text and text.rstrip().endswith("|") and "alternate 2 times, 1 timed steps" in text
+    with pytest.raises(SystemExit, match="--lengths must be even"):
+        dup.main(["--lengths", "15", "--out", str(tmp_path / "e")])

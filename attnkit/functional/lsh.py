@@ -22,8 +22,8 @@ Four implementations, one signature:
 
 * ``impl="reference"`` writes this out plainly: full (L, L) shared-QK scores per round, masked to
   the pairs that share a bucket and lie in adjacent chunks after sorting. O(n_hashes L^2) memory.
-* ``impl="dense"`` (the ``"auto"`` choice on CPU for short sequences, where the rounds' windows cover
-  the sequence) is one dense attention whose additive mask is the log of how many rounds each pair
+* ``impl="dense"`` (the ``"auto"`` choice on CPU for short sequences, where the rounds' windows reach at
+  least half the keys) is one dense attention whose additive mask is the log of how many rounds each pair
   meets in (:mod:`attnkit.functional.lsh_dense`): a few large operations instead of many small ones.
 * ``impl="chunked"`` (the ``"auto"`` choice on CPU beyond) works on the sorted order, in slices of chunks, as
   (chunks, bucket_size, 2 * bucket_size) matrix products, inside a custom autograd function that keeps
