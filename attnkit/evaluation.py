@@ -68,7 +68,8 @@ def translate(model, tokenizer, texts: Sequence[str], *, beam_size: int = 1, max
 
 
 def bleu_chrf(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Corpus sacreBLEU and chrF; ``references[i]`` lists the accepted translations of sentence i."""
+    """Corpus sacreBLEU, chrF and BLEU's length ratio; ``references[i]`` lists the accepted translations of
+    sentence i."""
     try:
         import sacrebleu
     except ImportError as e:
@@ -76,7 +77,10 @@ def bleu_chrf(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) ->
     n_refs = max(len(r) for r in references)
     # sacrebleu takes reference streams: stream k holds the k-th reference of every sentence (or None)
     streams = [[r[k] if k < len(r) else None for r in references] for k in range(n_refs)]
+    bleu = sacrebleu.corpus_bleu(list(hypotheses), streams)
     return {
-        "bleu": sacrebleu.corpus_bleu(list(hypotheses), streams).score,
+        "bleu": bleu.score,
         "chrf": sacrebleu.corpus_chrf(list(hypotheses), streams).score,
+        # hypothesis words over the closest reference lengths: below 1, BLEU's brevity penalty applies
+        "length_ratio": bleu.sys_len / max(bleu.ref_len, 1),
     }

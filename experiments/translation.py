@@ -59,19 +59,31 @@ def child(args) -> None:
     result = train_run(config, args.run_dir, overwrite=True, log=lambda s: print(s, file=sys.stderr, flush=True))
     run = load_run(args.run_dir)
     records = result.folder.read_metrics()
+    # The length penalty of beam search, chosen per run on the first validation sources (the highest BLEU;
+    # the smallest penalty among equals), never on the test sets.
+    valid_bleu = {}
+    for lp in args.length_penalties:
+        ev = evaluate_run(run, beam_size=args.beam_size, split="validation", limit=args.valid_sentences,
+                          length_penalty=lp, show=0)
+        valid_bleu[lp] = ev.metrics["bleu"]
+        print(f"validation, length penalty {lp:g}: BLEU {ev.metrics['bleu']:.2f}, length ratio "
+              f"{ev.metrics['length_ratio']:.2f}", file=sys.stderr, flush=True)
+    length_penalty = max(sorted(valid_bleu), key=lambda lp: valid_bleu[lp])
     tests = {}
     for test in CORPORA[args.corpus]:
         n = min(len(references_by_source(pair_splits(test)["test"])), args.limit or 10**9)
-        ev = evaluate_run(run, beam_size=args.beam_size, test_corpus=test, limit=args.limit, show=max(1, n // EVERY))
+        ev = evaluate_run(run, beam_size=args.beam_size, test_corpus=test, limit=args.limit, show=max(1, n // EVERY),
+                          length_penalty=length_penalty)
         tests[test] = {"bleu": ev.metrics["bleu"], "chrf": ev.metrics["chrf"], "sentences": ev.metrics["sentences"],
-                       "examples": ev.examples}
+                       "length_ratio": ev.metrics["length_ratio"], "examples": ev.examples}
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     print(json.dumps({
         "model": args.model, "corpus": args.corpus, "settings": sets,
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "steps": result.summary["step"], "train_minutes": result.summary["elapsed_s"] / 60,
         "target_tokens_per_s": statistics.median(speeds) if speeds else None,
-        "threads": torch.get_num_threads(), "tests": tests,
+        "threads": torch.get_num_threads(), "tests": tests, "length_penalty": length_penalty,
+        "valid_bleu_by_length_penalty": list(valid_bleu.items()),
         "valid_curve": [(r["elapsed_s"], r["valid_bleu"]) for r in records if "valid_bleu" in r],
         "valid_loss_curve": [(r["elapsed_s"], r["eval_loss"]) for r in records if "eval_loss" in r],
         "wall_minutes": (time.time() - started) / 60,
@@ -83,6 +95,7 @@ def run_one(model: str, corpus: str, args) -> dict:
     mine = [s.split(":", 1)[1] for s in args.set if s.split(":", 1)[0] == model]
     cmd = [sys.executable, __file__, "--child", "--model", model, "--corpus", corpus, "--minutes", str(args.minutes),
            "--valid-sentences", str(args.valid_sentences), "--beam-size", str(args.beam_size),
+           "--length-penalties", *map(str, args.length_penalties),
            *(["--limit", str(args.limit)] if args.limit else []),
            *(["--threads", str(args.threads)] if args.threads else []),
            "--run-dir", str(Path(args.out) / f"{model}-{corpus}"), *[a for s in mine for a in ("--child-set", s)]]
@@ -102,20 +115,35 @@ def markdown(results: dict) -> str:
         "# Translation: the Transformer against the RNN with attention", "",
         f"torch {meta['torch']}, {meta['machine']}. Each run: {meta['minutes']:g} minutes of training on this CPU "
         "(periodic validation included), then beam search (width 4) on each test set, scored by sacreBLEU "
-        "against all references of a source. Settings: the preset plus the overrides listed per run.", "",
-        "| training corpus | test set | model | parameters | steps | target tokens/s | BLEU | chrF |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "against all references of a source, with the length penalty that gave the run's highest BLEU on its "
+        "first validation sources (runs without one used 1). Length ratio: hypothesis words over the closest "
+        "references' (below 1, BLEU's brevity penalty applies). Settings: the preset plus the overrides "
+        "listed per run.", "",
+        "| training corpus | test set | model | parameters | steps | target tokens/s | length penalty | BLEU | chrF "
+        "| length ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ordered = sorted(runs.values(), key=lambda r: (r["corpus"], r["model"]))
     for r in ordered:
         if "error" in r:
-            lines.append(f"| {r['corpus']} | - | {r['model']} | - | - | - | failed: {r['error']} | - |")
+            lines.append(f"| {r['corpus']} | - | {r['model']} | - | - | - | - | failed: {r['error']} | - | - |")
             continue
         for test, t in r["tests"].items():
             speed = f"{r['target_tokens_per_s']:,.0f}" if r["target_tokens_per_s"] else "-"
+            ratio = f"{t['length_ratio']:.2f}" if "length_ratio" in t else "-"
             lines.append(f"| {r['corpus']} | {test} ({t['sentences']:,}) | {r['model']} | {r['parameters']:,} | "
-                         f"{r['steps']:,} | {speed} | {t['bleu']:.1f} | {t['chrf']:.1f} |")
-    lines += ["", "Validation BLEU against training time: `translation.png`.", "", "## How each run was made", ""]
+                         f"{r['steps']:,} | {speed} | {r.get('length_penalty', 1.0):g} | {t['bleu']:.1f} | "
+                         f"{t['chrf']:.1f} | {ratio} |")
+    lines += ["", "Validation BLEU against training time: `translation.png`.", ""]
+    tried = [r for r in ordered if r.get("valid_bleu_by_length_penalty")]
+    if tried:
+        lines += ["Validation BLEU (beam search, first validation sources) by length penalty, the choice in bold:", ""]
+        for r in tried:
+            shown = [f"**{lp:g}: {b:.2f}**" if lp == r["length_penalty"] else f"{lp:g}: {b:.2f}"
+                     for lp, b in r["valid_bleu_by_length_penalty"]]
+            lines.append(f"- {r['model']} on {r['corpus']}: {', '.join(shown)}")
+        lines.append("")
+    lines += ["## How each run was made", ""]
     for r in ordered:
         lines.append(f"- {r['model']} on {r['corpus']}: `{r['command']}` at {r['commit']}, "
                      f"{r.get('threads', '?')} threads, load {r['load_before'][0]:.1f} before; settings "
@@ -203,6 +231,8 @@ def main(argv=None) -> None:
                    help="override a preset value for one model, e.g. transformer:model.dropout=0.3")
     p.add_argument("--valid-sentences", type=int, default=200, help="validation sources scored at each evaluation")
     p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--length-penalties", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0],
+                   help="beam search's length penalties tried on the validation sources; each run uses its best")
     p.add_argument("--limit", type=int, default=None, help="score the first N test sources only (quick checks)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: torch's choice); runs side by side use one each")

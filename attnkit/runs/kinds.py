@@ -295,23 +295,28 @@ class TranslationKind(TaskKind):
         return score
 
     def evaluate(self, model, tokenizer, data, *, beam_size: int = 4, limit: int | None = None, show: int = 5,
-                 length_penalty: float = 1.0, test_corpus: str | None = None, **_) -> Evaluation:
+                 length_penalty: float = 1.0, test_corpus: str | None = None, split: str = "test",
+                 **_) -> Evaluation:
         """sacreBLEU and chrF on the test pairs, each source translated once and scored against all its
         references; ``show`` examples spread evenly over the test set (every len/show-th source).
         ``test_corpus``: score on another parallel corpus's test set (a ``de-en-all`` model on ``de-en``
-        and on ``de-en-descriptions``), with the run's tokenizer."""
+        and on ``de-en-descriptions``), with the run's tokenizer. ``split="validation"`` scores the
+        validation pairs instead (to choose decoding settings without looking at the test set)."""
         from ..data.translation import references_by_source
         from ..evaluation import bleu_chrf, translate
 
         corpus = data.corpus if test_corpus is None else test_corpus
         if corpus not in PAIR_CORPORA:
             raise UsageError(f"test corpus {corpus!r} is not a parallel corpus ({', '.join(PAIR_CORPORA)})")
-        refs = references_by_source(_pairs(corpus)["test"])
+        if split not in ("test", "validation"):
+            raise UsageError(f"split must be 'test' or 'validation', got {split!r}")
+        refs = references_by_source(_pairs(corpus)[split])
         sources = list(refs)[: limit or None]
         hyps = translate(model, tokenizer, sources, beam_size=beam_size, length_penalty=length_penalty)
         scores = bleu_chrf(hyps, [refs[s] for s in sources])
-        lines = [f"{corpus} test sentences: {len(sources)}; BLEU {scores['bleu']:.1f}; chrF {scores['chrf']:.1f} "
-                 f"(sacreBLEU, beam {beam_size}, length penalty {length_penalty:g})"]
+        lines = [f"{corpus} {split} sentences: {len(sources)}; BLEU {scores['bleu']:.1f}; chrF {scores['chrf']:.1f}; "
+                 f"length ratio {scores['length_ratio']:.2f} (sacreBLEU, beam {beam_size}, length penalty "
+                 f"{length_penalty:g})"]
         step = max(1, len(sources) // max(show, 1))
         examples = [(sources[i], hyps[i], refs[sources[i]]) for i in range(0, len(sources), step)[:show]]
         for source, hyp, ref in examples:
