@@ -187,6 +187,16 @@ def test_every_preset_trains_then_eval_info_and_its_command(preset_runs, name):
         assert ev.count("reference:") == 1
         code, _, err = run_cli("eval", str(run), "--test-corpus", "kjv")
         assert code == 2 and "test corpus 'kjv' is not a parallel corpus" in err
+        from attnkit.errors import UsageError
+        from attnkit.runs import evaluate_run
+
+        valid = evaluate_run(run, split="validation", limit=5, beam_size=1, show=5)
+        test = evaluate_run(run, limit=5, beam_size=1, show=5)
+        assert valid.lines[0].startswith("de-en validation sentences: 5;") and "; length ratio " in valid.lines[0]
+        assert f"length ratio {valid.metrics['length_ratio']:.2f}" in valid.lines[0]
+        assert not {e[0] for e in valid.examples} & {e[0] for e in test.examples}  # other sources than the test's
+        with pytest.raises(UsageError, match="split must be 'test' or 'validation', got 'train'"):
+            evaluate_run(run, split="train", limit=1)
         code, _, err = run_cli("generate", str(run), "--prompt", "Das")
         assert code == 2 and "translation model: use `attnkit translate`" in err
         picture = run / "alignment.png"

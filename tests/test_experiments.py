@@ -259,6 +259,28 @@ def test_translation_reports_the_candidates_and_chooses_the_lowest_validation_lo
     assert translation.recipe_lines(tmp_path / "none") == []
 
 
+def test_translation_table_shows_each_runs_length_penalty_and_the_validation_scores_it_was_chosen_on():
+    translation = load("translation")
+
+    def run(model, corpus, bleu, **extra):
+        test = {"bleu": bleu, "chrf": 40.0, "sentences": 100, "examples": [], **extra.pop("test", {})}
+        return {"model": model, "corpus": corpus, "parameters": 1000, "steps": 50, "target_tokens_per_s": 900.0,
+                "tests": {corpus: test}, "command": "python x.py", "commit": "abc1234", "threads": 1,
+                "load_before": [1.0, 1.0, 1.0], "settings": [], **extra}
+
+    results = {"meta": {"torch": "2.13", "machine": "x86_64, 2 CPUs", "minutes": 30.0}, "runs": {
+        "transformer-es-en-bible": run("transformer", "es-en-bible", 30.2, length_penalty=2.0,
+                                       valid_bleu_by_length_penalty=[[1.0, 20.5], [2.0, 22.25], [3.0, 21.0]],
+                                       test={"length_ratio": 0.93}),
+        "rnn-es-en-bible": run("rnn", "es-en-bible", 28.1),  # an older run: no penalty chosen, no ratio
+    }}
+    text = translation.markdown(results)
+    assert "| es-en-bible | es-en-bible (100) | transformer | 1,000 | 50 | 900 | 2 | 30.2 | 40.0 | 0.93 |" in text
+    assert "| es-en-bible | es-en-bible (100) | rnn | 1,000 | 50 | 900 | 1 | 28.1 | 40.0 | - |" in text
+    assert "- transformer on es-en-bible: 1: 20.50, **2: 22.25**, 3: 21.00" in text
+    assert "- rnn on es-en-bible: 1" not in text and "- rnn on es-en-bible: `python x.py`" in text
+
+
 def test_transfer_reuses_the_choice_at_the_largest_swept_size_below_where_no_sweep_ran():
     t = load("transfer")
     lrs = t.LEARNING_RATES["mlm"]

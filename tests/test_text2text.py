@@ -312,3 +312,10 @@ def test_answers_come_for_texts_with_a_task_prefix(mixture, text_run):
     kind = KINDS["text2text"]
     assert kind.translate(model, TOK, data, ["cab"], beam_size=1) == \
         kind.translate(model, TOK, data, ["first letter: cab"], beam_size=1)
+
+
+def test_bleu_reports_the_length_ratio_against_the_closest_reference():
+    # 3 hypothesis words; references of 6 and 4 words: the closest is 4, so BLEU's brevity penalty sees 3 / 4
+    scores = bleu_chrf(["the cat sat"], [["the cat sat on the mat", "the cat sat down"]])
+    assert scores["length_ratio"] == 0.75
+    assert bleu_chrf(["a b c d e"], [["a b c d e"]])["length_ratio"] == 1.0
