@@ -40,6 +40,7 @@ CORPORA = {  # training corpus -> the test sets its models are scored on
 EVERY = 100  # example translations: every 100th test source
 RESULTS = Path(__file__).with_name("results") / "translation"
 RECIPES = RESULTS.with_name("translation_recipe")  # the validation runs the presets' settings were chosen on
+TIE = 0.02  # held-out losses closer than this (nats per token) count as equal when choosing settings
 SHARED = ("data.corpus=", "train.minutes=", "train.progress=", "data.valid_bleu_sentences=")  # set for every run
 
 
@@ -169,7 +170,8 @@ def markdown(results: dict) -> str:
 def recipe_lines(folder: Path) -> list[str]:
     """The settings' choice, from the candidates' results in ``folder`` (one JSON per candidate, written by
     this script with ``--results``): each candidate's final held-out loss and validation BLEU (greedy);
-    per model and training corpus, the lowest loss was chosen (losses on two corpora do not compare)."""
+    per model and training corpus, the lowest loss was chosen (losses on two corpora do not compare), the
+    smallest model among those within ``TIE`` of it (a difference the run-to-run noise can make)."""
     candidates = [(path.stem, r) for path in sorted(folder.glob("*.json"))
                   for r in json.loads(path.read_text())["runs"].values()
                   if "error" not in r and r.get("valid_loss_curve")]
@@ -178,14 +180,17 @@ def recipe_lines(folder: Path) -> list[str]:
     def final_loss(c):
         return c[1]["valid_loss_curve"][-1][1]
 
-    groups = {(r["model"], r["corpus"]) for _, r in candidates}
-    chosen = {g: min((c for c in candidates if (c[1]["model"], c[1]["corpus"]) == g), key=final_loss)[0]
-              for g in groups}
+    chosen = {}
+    for g in {(r["model"], r["corpus"]) for _, r in candidates}:
+        group = [c for c in candidates if (c[1]["model"], c[1]["corpus"]) == g]
+        best = min(map(final_loss, group))
+        tied = [c for c in group if final_loss(c) <= best + TIE]
+        chosen[g] = min(tied, key=lambda c: (c[1]["parameters"], final_loss(c)))[0]
     lines = ["## How the settings were chosen", "",
              "Validation runs on the training corpus (held-out loss on its validation pairs, BLEU of greedy "
              "translations of its first validation sources), never the test sets; per model and training corpus "
-             "the lowest final loss was chosen (the presets hold the choice on de-en-all). Settings are overrides "
-             "of the preset at the commit named.", "",
+             f"the lowest final loss was chosen, or the smallest model within {TIE} nats of it (the presets hold the "
+             "choice on de-en-all). Settings are overrides of the preset at the commit named.", "",
              "| candidate | model | training corpus | minutes | parameters | steps | held-out loss | validation BLEU "
              "| settings | commit | chosen |",
              "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]

@@ -238,8 +238,8 @@ def test_translation_reports_the_candidates_and_chooses_the_lowest_validation_lo
 
     translation = load("translation")
 
-    def candidate(name, model, loss, bleu, settings, corpus="de-en-all"):
-        run = {"model": model, "corpus": corpus, "train_minutes": 12.0, "parameters": 10, "steps": 5,
+    def candidate(name, model, loss, bleu, settings, corpus="de-en-all", parameters=10):
+        run = {"model": model, "corpus": corpus, "train_minutes": 12.0, "parameters": parameters, "steps": 5,
                "settings": [f"data.corpus={corpus}", "train.minutes=12", *settings], "commit": "abc1234",
                "valid_loss_curve": [[60, loss + 1], [720, loss]], "valid_curve": [[60, 0.0], [720, bleu]]}
         (tmp_path / f"{name}.json").write_text(json.dumps({"runs": {f"{model}-{corpus}": run}}))
@@ -248,12 +248,14 @@ def test_translation_reports_the_candidates_and_chooses_the_lowest_validation_lo
     candidate("t_big", "transformer", 5.5, 0.9, ["model.d_model=256"])  # better BLEU, worse loss: not chosen
     candidate("r_b64", "rnn", 4.4, 0.6, ["data.batch_size=64"])
     candidate("r_b128", "rnn", 4.9, 0.4, [])
+    candidate("r_wide", "rnn", 4.39, 0.7, ["model.d_hidden=384"], parameters=20)  # lower by less than TIE, larger
     candidate("t_bible", "transformer", 3.3, 10.0, [], corpus="es-en-bible")  # another corpus: its own choice
     lines = translation.recipe_lines(tmp_path)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if "de-en-all" in line}
     assert rows["t_small"].endswith("| model.dropout=0.1 | abc1234 | yes |")
     assert rows["t_big"].endswith("| model.d_model=256 | abc1234 |  |")
     assert rows["r_b64"].endswith("| yes |") and rows["r_b128"].endswith("| - | abc1234 |  |")
+    assert rows["r_wide"].endswith("| model.d_hidden=384 | abc1234 |  |")
     assert "| 4.000 | 0.50 |" in rows["t_small"]
     assert next(line for line in lines if line.startswith("| t_bible |")).endswith("| - | abc1234 | yes |")
     assert translation.recipe_lines(tmp_path / "none") == []
