@@ -94,9 +94,9 @@ def test_fused_rejects_what_it_does_not_implement():
 
 
 def test_auto_on_cpu_stays_chunked():
-    qk, v = inputs(1, 1, 80, 16)
+    qk, v = inputs(1, 1, 160, 16)
     qk, v = qk.cpu(), v.cpu()
-    # 2 rounds x 2 x 16 window slots < 80 tokens: not short enough for the dense path either
+    # 2 rounds x 2 x 16 window slots are under half of 160 keys: not short enough for the dense path either
     a = lsh_attention(qk, v, n_hashes=2, bucket_size=16, seed=2, impl="auto")
     b = lsh_attention(qk, v, n_hashes=2, bucket_size=16, seed=2, impl="chunked")
     assert torch.equal(a, b)
