@@ -80,7 +80,8 @@ def test_error_falls_as_hash_rounds_grow():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("across", [False, True])
 @pytest.mark.parametrize("dedup", [False, True])
-@pytest.mark.parametrize("L,bucket_size", [(100, 16), (37, 8), (50, 64)])
+# (300, 96): chunks too large for one table of whole rule rows (the chunked path adds two edge rows).
+@pytest.mark.parametrize("L,bucket_size", [(100, 16), (37, 8), (50, 64), (300, 96)])
 @pytest.mark.parametrize("impl", ["chunked", "dense"])
 def test_fast_paths_equal_the_reference(causal, across, dedup, L, bucket_size, impl):
     qk, v = _inputs(L=L, D=16, Dv=8, dtype=torch.float64, grad=True, seed=L)
@@ -134,6 +135,21 @@ def test_strided_inputs_and_gradients():
         lambda t: lsh_attention(t.transpose(1, 2), t.transpose(1, 2), bucket_size=8, seed=2, n_hashes=2),
         (x.detach()[:1, :20, :1].clone().requires_grad_(),),
     )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_chunked_backward_twice_through_a_kept_graph(causal):
+    # The chunked path drops its output after the first backward's D = dO . O; a second backward through
+    # the same graph recomputes it and must give the same gradients.
+    qk, v = _inputs(L=70, dtype=torch.float64, grad=True)
+    out = lsh_attention(qk, v, n_hashes=2, bucket_size=8, causal=causal, seed=5, impl="chunked")
+    grad = torch.randn_like(out)
+    first = torch.autograd.grad(out, (qk, v), grad, retain_graph=True)
+    second = torch.autograd.grad(out, (qk, v), grad)
+    ref = lsh_attention(qk, v, n_hashes=2, bucket_size=8, causal=causal, seed=5, impl="reference")
+    for a, b, c in zip(first, second, torch.autograd.grad(ref, (qk, v), grad)):
+        torch.testing.assert_close(a, c, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(b, c, atol=1e-10, rtol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------------

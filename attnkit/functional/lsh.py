@@ -524,18 +524,19 @@ class _Round:
         device = order.device
         self.order = order
         self.src = torch.cat([order.new_zeros(C), order.clamp(max=L - 1)])  # (C + Lp,) rows to gather
-        valid = code < plan.n_buckets  # (Lp,)
-        self.q_code = code
-        self.k_code = torch.full((C + Lp,), -1, dtype=code.dtype, device=device)
-        self.k_code[C:] = code.masked_fill(~valid, -1)  # a padding key matches no query
         if cfg.causal and cfg.across:
+            # Pairs of different buckets meet, but only backwards in position, which is no interval of the
+            # sorted order: the rule is arithmetic on each slot's group code and position (see scores).
+            valid = code < plan.n_buckets  # (Lp,)
+            self.q_code = code
+            self.k_code = torch.full((C + Lp,), -1, dtype=code.dtype, device=device)
+            self.k_code[C:] = code.masked_fill(~valid, -1)  # a padding key matches no query
             self.q_pos = order
             self.k_pos = torch.full((C + Lp,), Lp, dtype=order.dtype, device=device)
             self.k_pos[C:] = order
-        elif cfg.causal:
-            # Within a bucket the sorted order is the position order, so the causal pattern is fixed:
-            # query i of a chunk may see window keys 0 .. C + i.
-            self.causal_bias = _causal_bias(C, device)
+            self.interval = None
+        else:
+            self.interval = _interval_rows(code, C, cfg.causal, plan.n_buckets)  # (Lp,)
         if where is not None:
             self.q_where = where[order.clamp(max=L - 1)]  # (Lp, R)
             self.k_where = torch.full((C + Lp, where.shape[1]), _MEETS_NOTHING, dtype=where.dtype, device=device)
@@ -567,23 +568,26 @@ class _Round:
         """(c1 - c0, C, ...) view of a per-slot tensor: chunks [c0, c1)."""
         return x[c0 * self.C : c1 * self.C].view(c1 - c0, self.C, *x.shape[1:])
 
-    def scores(self, q_s: Tensor, k_rows: Tensor, c0: int, c1: int) -> Tensor:
-        """Scores of chunks [c0, c1) against their windows: (m, C, 2C), -inf for later keys and the token
-        itself, at most ``_FORBIDDEN`` for keys of another bucket (a row whose maximum is below
-        ``_EMPTY_BELOW`` has no allowed key)."""
+    def scores(self, q_s: Tensor, k_rows: Tensor, c0: int, c1: int, out: Tensor) -> Tensor:
+        """Scores of chunks [c0, c1) against their windows, written into ``out`` (m, C, 2C): -inf for keys
+        the rule excludes (another group, later in causal attention, the token itself), or at most
+        ``_FORBIDDEN`` for another bucket under ``causal and across``; a row whose maximum is below
+        ``_EMPTY_BELOW`` has no allowed key."""
         cfg = self.cfg
-        dtype = q_s.dtype
-        # The bucket rule as an additive bias, _FORBIDDEN times the distance of the two bucket codes (0 for
-        # one bucket, at least 1 otherwise), computed by arithmetic and added inside the product: a boolean
-        # masked_fill of the same pattern runs several times slower on CPU.
-        bias = torch.sub(self.rows(self.q_code, c0, c1).to(dtype)[:, :, None],
-                         self.window(self.k_code, c0, c1).to(dtype)[:, None, :]).abs_().mul_(_FORBIDDEN)
-        if cfg.causal and cfg.across:
+        if self.interval is not None:
+            # The allowed keys of a query are one interval of its window: the rule is a row of a small
+            # table, gathered into the scores and added to inside the product (no (m, C, 2C) arithmetic).
+            s = _interval_bias(self.interval[c0 * self.C : c1 * self.C], self.C, out).baddbmm_(
+                q_s, self.window(k_rows).transpose(1, 2))
+        else:
+            # _FORBIDDEN times the distance of the two group codes (0 for the same group), plus -inf for
+            # later keys, computed by arithmetic: a boolean masked_fill of the bucket rule runs several times
+            # slower on CPU.
+            dtype = q_s.dtype
+            bias = torch.sub(self.rows(self.q_code, c0, c1).to(dtype)[:, :, None],
+                             self.window(self.k_code, c0, c1).to(dtype)[:, None, :], out=out).abs_().mul_(_FORBIDDEN)
             later = torch.gt(self.window(self.k_pos, c0, c1)[:, None, :], self.rows(self.q_pos, c0, c1)[:, :, None])
-            bias.masked_fill_(later, float("-inf"))
-        elif cfg.causal:
-            bias += self.causal_bias.to(dtype)
-        s = torch.baddbmm(bias, q_s, self.window(k_rows).transpose(1, 2))  # (m, C, 2C)
+            s = bias.masked_fill_(later, float("-inf")).baddbmm_(q_s, self.window(k_rows).transpose(1, 2))
         if cfg.dedup:
             s.sub_(self._meet_counts(c0, c1, s.dtype).log_())
         s.diagonal(offset=self.C, dim1=1, dim2=2).fill_(float("-inf"))  # itself: see _self_fallback
@@ -617,24 +621,77 @@ class _Round:
 _MEETS_NOTHING = -(2**40)
 
 
-# A pair of different buckets scores at most this (not -inf, so that the bucket rule is arithmetic: see
-# _Round.scores). Its weight, exp(_FORBIDDEN - max), is exactly 0 in fp32 and fp64, and a row whose best
-# score is below _EMPTY_BELOW met no allowed key.
+# Under ``causal and across``, a pair of different buckets scores at most this (not -inf, so that the bucket
+# rule is arithmetic: see _Round.scores). Its weight, exp(_FORBIDDEN - max), is exactly 0 in fp32 and fp64,
+# and a row whose best score is below _EMPTY_BELOW met no allowed key.
 _FORBIDDEN = -1e30
 _EMPTY_BELOW = _FORBIDDEN / 2
+_INTERVAL_TABLE_ELEMENTS = 1 << 22  # the largest table of whole rows (16 MiB in fp32; chunks up to 80 tokens)
 
 
-@functools.lru_cache(maxsize=16)
-def _causal_bias(C: int, device: torch.device) -> Tensor:
-    """(C, 2C): -inf where query i of a chunk may not see window key j (j > C + i), else 0: the causal
-    pattern within a bucket, the same for every chunk, head and round (built once, not per round)."""
-    later = torch.ones(C, 2 * C, dtype=torch.bool, device=device).triu(C + 1)
-    return torch.zeros(C, 2 * C, device=device).masked_fill_(later, float("-inf"))
+def _interval_rows(code: Tensor, C: int, causal: bool, n_buckets: int) -> Tensor:
+    """Which keys of its window each query of a round may meet, as one row index per sorted slot, (Lp,).
+
+    The sorted order holds each group (bucket) contiguously, so the keys of a query's window (chunks c - 1
+    and c, window slots 0 .. 2C) that share its group form an interval: from the group's first slot, or the
+    window's start, to the group's end (or to the query itself, in causal attention, since a group is in
+    position order). Row ``a * (2C + 1) + b`` stands for the interval [a, b). Padding slots (code
+    ``n_buckets``) get [i, i + 1) or [i, i), so that with the token itself excluded they meet nothing.
+    """
+    Lp = code.shape[0]
+    slot = torch.arange(Lp, device=code.device)
+    new = torch.ones(Lp, dtype=torch.bool, device=code.device)
+    new[1:] = code[1:] != code[:-1]  # a group starts here
+    group = new.cumsum(0) - 1
+    starts = slot[new]
+    first = starts[group]
+    end = torch.cat([starts[1:], starts.new_full((1,), Lp)])[group]
+    padding = code >= n_buckets
+    first = torch.where(padding, slot, first)
+    end = torch.where(padding, slot + 1, end)
+    window_start = (slot // C - 1) * C  # the slot at window position 0
+    a = (first - window_start).clamp_min_(0)
+    b = window_start.neg_().add_(slot + 1 if causal else end).clamp_max_(2 * C)  # the query itself is at C + i
+    if causal:
+        b.sub_(1)  # up to the query, itself excluded
+    return a.mul_(2 * C + 1).add_(b)
+
+
+def _interval_bias(rows: Tensor, C: int, out: Tensor) -> Tensor:
+    """The additive rule of queries with interval rows ``rows`` (m C,): 0 on their interval, -inf elsewhere,
+    written into ``out`` (m, C, 2C). Small chunks gather whole rows from one table; larger ones add a row
+    that cuts below a to a row that cuts from b (two (2C + 1, 2C) tables)."""
+    n = 2 * C + 1
+    flat = out.view(-1, 2 * C)
+    if n * n * 2 * C <= _INTERVAL_TABLE_ELEMENTS:
+        torch.index_select(_interval_table(C, out.dtype, out.device), 0, rows, out=flat)
+    else:
+        below, from_ = _interval_edges(C, out.dtype, out.device)
+        torch.index_select(below, 0, rows.div(n, rounding_mode="floor"), out=flat)
+        flat += from_.index_select(0, rows.remainder(n))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _interval_edges(C: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(2C + 1, 2C) each: row a is -inf before window key a, row b is -inf from window key b on."""
+    j = torch.arange(2 * C, device=device)
+    edge = torch.arange(2 * C + 1, device=device)[:, None]
+    inf = torch.tensor(float("-inf"), dtype=dtype, device=device)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(j < edge, inf, zero), torch.where(j >= edge, inf, zero)
+
+
+@functools.lru_cache(maxsize=8)
+def _interval_table(C: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """((2C + 1)^2, 2C): row a * (2C + 1) + b is 0 on window keys [a, b) and -inf elsewhere."""
+    below, from_ = _interval_edges(C, dtype, device)
+    return (below[:, None, :] + from_[None, :, :]).view(-1, 2 * C)
 
 
 class _SliceRows:
     """A worker's buffers for one slice's rows (chunks c0 - 1 .. c1 - 1): queries, keys, values and the
-    keys' scale factors, reused from slice to slice."""
+    keys' scale factors, and the slice's scores, reused from slice to slice."""
 
     def __init__(self, S: int, C: int, D: int, Dv: int, dtype, device):
         n = (S + 1) * C
@@ -642,6 +699,7 @@ class _SliceRows:
         self.k = torch.empty_like(self.q)
         self.v = torch.empty(n, Dv, dtype=dtype, device=device)
         self.key_scale = torch.empty(n, 1, dtype=dtype, device=device)
+        self.scores = torch.empty(S, C, 2 * C, dtype=dtype, device=device)
 
     def load(self, rd: _Round, q: Tensor, key_scale: Tensor, v: Tensor, c0: int, c1: int):
         """Gather the slice's rows: (qr, kr, vr), each ((c1 - c0 + 1) C, ...), with kr = qr * key_scale."""
@@ -664,6 +722,62 @@ def _slice_chunks(C: int) -> int:
     return max(1, _SLICE_ELEMENTS // (2 * C * C))
 
 
+def _chunked_forward(qk, v, order, code, where, valid, cfg: _Config) -> tuple[Tensor, Tensor, Tensor]:
+    """The chunked forward: (out (B, H, L, Dv) token-major in the compute dtype, lse (B, H, L), lse_rounds
+    (B * H, R, Lp) in sorted order)."""
+    B, H, L, D = qk.shape
+    Dv = v.shape[-1]
+    plan = cfg.plan
+    C, R = plan.chunk, order.shape[1]
+    cdt = _compute_dtype(qk.dtype)
+    sdt = torch.float64 if cdt == torch.float64 else torch.float32  # log-sum-exp
+    device = qk.device
+    out = token_major(B, H, L, Dv, dtype=cdt, device=device)
+    lse = torch.empty(B, H, L, dtype=sdt, device=device)
+    lse_rounds = torch.empty(B * H, R, plan.padded_length, dtype=sdt, device=device)  # sorted order
+    S = min(_slice_chunks(C), plan.n_chunks)
+
+    def heads(ns):
+        rows = _SliceRows(S, C, D, Dv, cdt, device)
+        for n in ns:
+            b, h = divmod(n, H)
+            q_n = qk[b, h].to(cdt)  # (L, D)
+            key_scale = _key_scale(q_n, cfg.scale)  # (L, 1): k = q * key_scale
+            v_n = v[b, h].to(cdt)
+            out_n, lse_n = out[b, h], lse[b, h]
+            out_n.zero_()
+            lse_n.fill_(float("-inf"))
+            for r in range(R):
+                rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
+                for c0, c1 in _slices(plan.n_chunks, C):
+                    m = c1 - c0
+                    qr, kr, vr = rows.load(rd, q_n, key_scale, v_n, c0, c1)
+                    s = rd.scores(qr[C:].view(m, C, D), kr, c0, c1, rows.scores[:m])  # (m, C, 2C)
+                    mx = s.amax(dim=-1)  # (m, C)
+                    empty = mx < _EMPTY_BELOW  # no allowed key in this round
+                    mx.masked_fill_(empty, float("-inf"))
+                    p = rd.probabilities(s, empty)
+                    # The largest weight is exp(max - lse), which gives the log-sum-exp.
+                    lse_s = torch.sub(mx, p.amax(dim=-1).log_(), out=rd.rows(lse_rounds[n, r], c0, c1))
+                    if cfg.dropout_p > 0.0:
+                        p = rd.dropout(p, n, r, c0)
+                    o = torch.bmm(p, rd.window(vr)).view(m * C, Dv)  # (m C, Dv), sorted
+                    pos = rd.positions(c0 * C, c1 * C)
+                    if pos.numel():
+                        o, lse_s = o[: pos.numel()], lse_s.view(-1)[: pos.numel()]
+                        if r > 0:
+                            o, lse_s = _merge(out_n.index_select(0, pos), lse_n.index_select(0, pos), o, lse_s)
+                        out_n.index_copy_(0, pos, o)
+                        lse_n.index_copy_(0, pos, lse_s)
+            lonely = valid[b, h] & (lse_n == float("-inf"))  # met no other token: attends to itself
+            alone = lonely.nonzero().squeeze(1)
+            out_n.index_copy_(0, alone, v_n.index_select(0, alone))
+
+    _run_heads(heads, B * H, device)
+    return out, lse, lse_rounds
+
+
+
 class _LSHAttentionFunction(torch.autograd.Function):
     """Chunked LSH attention over (B, H, L, D).
 
@@ -676,70 +790,33 @@ class _LSHAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qk, v, order, code, where, valid, cfg: _Config):
-        B, H, L, D = qk.shape
-        Dv = v.shape[-1]
-        plan = cfg.plan
-        C, R = plan.chunk, order.shape[1]
-        cdt = _compute_dtype(qk.dtype)
-        sdt = torch.float64 if cdt == torch.float64 else torch.float32  # log-sum-exp
-        device = qk.device
-        out = token_major(B, H, L, Dv, dtype=cdt, device=device)
-        lse = torch.empty(B, H, L, dtype=sdt, device=device)
-        lse_rounds = torch.empty(B * H, R, plan.padded_length, dtype=sdt, device=device)  # sorted order
-        S = min(_slice_chunks(C), plan.n_chunks)
-
-        def heads(ns):
-            rows = _SliceRows(S, C, D, Dv, cdt, device)
-            for n in ns:
-                b, h = divmod(n, H)
-                q_n = qk[b, h].to(cdt)  # (L, D)
-                key_scale = _key_scale(q_n, cfg.scale)  # (L, 1): k = q * key_scale
-                v_n = v[b, h].to(cdt)
-                out_n, lse_n = out[b, h], lse[b, h]
-                out_n.zero_()
-                lse_n.fill_(float("-inf"))
-                for r in range(R):
-                    rd = _Round(cfg, order[n, r], code[n, r], None if where is None else where[n], L)
-                    for c0, c1 in _slices(plan.n_chunks, C):
-                        m = c1 - c0
-                        qr, kr, vr = rows.load(rd, q_n, key_scale, v_n, c0, c1)
-                        s = rd.scores(qr[C:].view(m, C, D), kr, c0, c1)  # (m, C, 2C)
-                        mx = s.amax(dim=-1)  # (m, C)
-                        empty = mx < _EMPTY_BELOW  # no allowed key in this round
-                        mx.masked_fill_(empty, float("-inf"))
-                        p = rd.probabilities(s, empty)
-                        # The largest weight is exp(max - lse), which gives the log-sum-exp.
-                        lse_s = torch.sub(mx, p.amax(dim=-1).log_(), out=rd.rows(lse_rounds[n, r], c0, c1))
-                        if cfg.dropout_p > 0.0:
-                            p = rd.dropout(p, n, r, c0)
-                        o = torch.bmm(p, rd.window(vr)).view(m * C, Dv)  # (m C, Dv), sorted
-                        pos = rd.positions(c0 * C, c1 * C)
-                        if pos.numel():
-                            o, lse_s = o[: pos.numel()], lse_s.view(-1)[: pos.numel()]
-                            if r > 0:
-                                o, lse_s = _merge(out_n.index_select(0, pos), lse_n.index_select(0, pos), o, lse_s)
-                            out_n.index_copy_(0, pos, o)
-                            lse_n.index_copy_(0, pos, lse_s)
-                lonely = valid[b, h] & (lse_n == float("-inf"))  # met no other token: attends to itself
-                alone = lonely.nonzero().squeeze(1)
-                out_n.index_copy_(0, alone, v_n.index_select(0, alone))
-
-        _run_heads(heads, B * H, device)
-        ctx.save_for_backward(qk, v, order, code, where, valid, out, lse, lse_rounds)
-        ctx.cfg = cfg
+        out, lse, lse_rounds = _chunked_forward(qk, v, order, code, where, valid, cfg)
+        ctx.save_for_backward(qk, v, order, code, where, valid, lse, lse_rounds)
+        # The output is needed only for D = dO . O at the start of backward. It is held by a detached alias
+        # (no reference cycle through the graph), which backward drops once D is computed, so the layer's
+        # output and its gradients are never all held at once. A second backward through the same graph
+        # (retain_graph=True) recomputes it. (The output is a view made here, which torch keeps from being
+        # changed in place, so the alias needs no version check.)
+        ctx.cfg, ctx.output = cfg, [out.detach()]
         return out.to(v.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        qk, v, order, code, where, valid, out, lse, lse_rounds = ctx.saved_tensors
+        qk, v, order, code, where, valid, lse, lse_rounds = ctx.saved_tensors
         cfg = ctx.cfg
         B, H, L, D = qk.shape
         Dv = v.shape[-1]
         plan = cfg.plan
         C, R = plan.chunk, order.shape[1]
-        cdt = out.dtype
+        cdt = _compute_dtype(qk.dtype)
         device = qk.device
+        if ctx.output:
+            out = ctx.output.pop()
+        else:  # released by an earlier backward through this graph
+            out = _chunked_forward(qk, v, order, code, where, valid, cfg)[0]
+        delta = _row_dots(grad_out.to(cdt), out, lse.dtype)  # D_i = dO_i . O_i, (B, H, L)
+        del out
         # A token that met no other token has lse = -inf: it passed its own value through.
         lonely = lse == float("-inf")
         lse = lse.masked_fill(lonely, float("inf"))  # and its weights, exp(s - inf), are zero
@@ -761,8 +838,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                 key_scale = _key_scale(q_n, cfg.scale)  # (L, 1)
                 v_n = v[b, h].to(cdt)
                 do_n = grad_out[b, h]  # (L, Dv)
-                # D_i = dO_i . O_i, as (L) batched dot products (no (L, Dv) temporary)
-                delta_n = torch.bmm(do_n[:, None, :], out[b, h][:, :, None]).view(L).to(lse.dtype)
+                delta_n = delta[b, h]
                 lse_n = lse[b, h]
                 dq_acc, dv_acc = dq[b, h], dv[b, h]
                 dq_acc.zero_()
@@ -784,7 +860,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
                         share.masked_fill_(empty, 0.0)  # (m C,)
                         do_s = do_n.index_select(0, src).mul_(share[:, None].to(cdt)).view(m, C, Dv)
                         delta_s = delta_n.index_select(0, src).mul_(share).view(m, C, 1)
-                        s = rd.scores(q_s, kr, c0, c1)
+                        s = rd.scores(q_s, kr, c0, c1, rows.scores[:m])
                         p = rd.probabilities(s, empty.view(m, C))  # (m, C, 2C), within the round
                         dp = torch.bmm(do_s, rd.window(vr).transpose(1, 2))  # (m, C, 2C)
                         if cfg.dropout_p > 0.0:
@@ -891,6 +967,17 @@ def _fold(grad_windows: Tensor, rows: Tensor, m: int, C: int) -> Tensor:
 def _key_scale(q: Tensor, scale: float) -> Tensor:
     """(L, 1) factors that turn the queries into the keys: scale / |q| (F.normalize's eps)."""
     return scale / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _row_dots(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """Dot products of the rows of a and b (B, H, L, D) -> (B, H, L) in ``dtype``, in blocks of tokens (the
+    products never held whole)."""
+    B, H, L, _ = a.shape
+    out = torch.empty(B, H, L, dtype=dtype, device=a.device)
+    step = max(1, _SLICE_ELEMENTS // a[:, :, :1].numel())
+    for t0 in range(0, L, step):
+        out[:, :, t0 : t0 + step] = torch.mul(a[:, :, t0 : t0 + step], b[:, :, t0 : t0 + step]).sum(-1)
+    return out
 
 
 def _merge(out: Tensor, lse: Tensor, o_r: Tensor, lse_r: Tensor) -> tuple[Tensor, Tensor]:
