@@ -649,11 +649,9 @@ def _interval_rows(code: Tensor, C: int, causal: bool, n_buckets: int) -> Tensor
     padding = code >= n_buckets
     first = torch.where(padding, slot, first)
     end = torch.where(padding, slot + 1, end)
-    window_start = (slot // C - 1) * C  # the slot at window position 0
+    window_start = (slot // C - 1) * C  # the slot at window position 0 (the query is at C + i)
     a = (first - window_start).clamp_min_(0)
-    b = window_start.neg_().add_(slot + 1 if causal else end).clamp_max_(2 * C)  # the query itself is at C + i
-    if causal:
-        b.sub_(1)  # up to the query, itself excluded
+    b = ((slot if causal else end) - window_start).clamp_max_(2 * C)  # causal: up to the query, excluded
     return a.mul_(2 * C + 1).add_(b)
 
 
