@@ -224,6 +224,32 @@ def test_cache_is_dated_and_read_without_fetching(tmp_path, monkeypatch):
         ddtp.load_descriptions("de", "dev", cache=cache)
 
 
+def test_runs_started_together_fetch_once(tmp_path, monkeypatch):
+    # Two loaders on an empty cache: the second waits for the first's fetch and reads its cache.
+    import threading
+    import time
+
+    cache = tmp_path / "cache"
+    fetches = []
+
+    def fake_refresh(languages, cache):
+        fetches.append(languages)
+        time.sleep(0.3)  # the fetch takes a while; the other loader arrives meanwhile
+        path = ddtp._cache_folder(cache) / "de-en_2026-12-02.tsv"
+        ddtp.write_pairs_tsv(path, [Pair("Hallo", "Hello")], "test")
+        return {"de": path}
+
+    monkeypatch.setattr(ddtp, "refresh", fake_refresh)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(ddtp.load_description_pairs("de", cache))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fetches) == 1
+    assert got == [[Pair("Hallo", "Hello")]] * 2
+
+
 def test_pairs_tsv_refuses_tabs_and_reads_only_its_own_format(tmp_path):
     with pytest.raises(ValueError, match="tab"):
         ddtp.write_pairs_tsv(tmp_path / "x.tsv", [Pair("a\tb", "c")], "h")

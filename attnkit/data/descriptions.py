@@ -35,6 +35,7 @@ fetches only when there is none, :func:`refresh` fetches again. The held-out rul
 from __future__ import annotations
 
 import bz2
+import contextlib
 import datetime
 import gzip
 import lzma
@@ -342,9 +343,30 @@ def load_description_pairs(language: str, cache: str | Path | None = None) -> li
         language: "de" or "fr".
         cache: the cache folder, default ``cache_dir() / "descriptions" / f"v{CACHE_VERSION}"``.
     """
-    found = cached_files(language, cache)
-    path = found[-1][1] if found else refresh([language], cache)[language]
+    with _cache_lock(cache):  # processes started together fetch once; the others wait and read its cache
+        found = cached_files(language, cache)
+        path = found[-1][1] if found else refresh([language], cache)[language]
     return read_pairs_tsv(path)
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: str | Path | None):
+    """Hold an exclusive lock on the cache folder (``fcntl.flock``; where there is no fcntl, no lock).
+    Two runs starting side by side on an empty cache would otherwise both run ``apt-get update`` on
+    the one lists folder, and apt refuses the second ("Unable to lock directory")."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    folder = _cache_folder(cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_descriptions(language: str, split: str | None = None, cache: str | Path | None = None):
