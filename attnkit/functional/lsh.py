@@ -775,7 +775,6 @@ def _chunked_forward(qk, v, order, code, where, valid, cfg: _Config) -> tuple[Te
     return out, lse, lse_rounds
 
 
-
 class _LSHAttentionFunction(torch.autograd.Function):
     """Chunked LSH attention over (B, H, L, D).
 
@@ -813,13 +812,13 @@ class _LSHAttentionFunction(torch.autograd.Function):
             out = ctx.output.pop()
         else:  # released by an earlier backward through this graph
             out = _chunked_forward(qk, v, order, code, where, valid, cfg)[0]
-        delta = _row_dots(grad_out.to(cdt), out, lse.dtype)  # D_i = dO_i . O_i, (B, H, L)
+        grad_out = grad_out.to(cdt)
+        delta = _row_dots(grad_out, out, lse.dtype)  # D_i = dO_i . O_i, (B, H, L)
         del out
         # A token that met no other token has lse = -inf: it passed its own value through.
         lonely = lse == float("-inf")
         lse = lse.masked_fill(lonely, float("inf"))  # and its weights, exp(s - inf), are zero
         lonely &= valid
-        grad_out = grad_out.to(cdt)
         # Head-major, so each head's accumulators are contiguous (scattered adds into a token-major
         # layout, rows H * D apart, run several times slower).
         dq = torch.empty(B, H, L, D, dtype=cdt, device=device)
