@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..kernels.alloc import token_major
+from ..kernels.alloc import row_dots, token_major
 from ..seeding import derive_seed
 from .attention import check_key_mask
 
@@ -813,7 +813,7 @@ class _LSHAttentionFunction(torch.autograd.Function):
         else:  # released by an earlier backward through this graph
             out = _chunked_forward(qk, v, order, code, where, valid, cfg)[0]
         grad_out = grad_out.to(cdt)
-        delta = _row_dots(grad_out, out, lse.dtype)  # D_i = dO_i . O_i, (B, H, L)
+        delta = row_dots(grad_out, out, lse.dtype, _SLICE_ELEMENTS)  # D_i = dO_i . O_i, (B, H, L)
         del out
         # A token that met no other token has lse = -inf: it passed its own value through.
         lonely = lse == float("-inf")
@@ -964,17 +964,6 @@ def _fold(grad_windows: Tensor, rows: Tensor, m: int, C: int) -> Tensor:
 def _key_scale(q: Tensor, scale: float) -> Tensor:
     """(L, 1) factors that turn the queries into the keys: scale / |q| (F.normalize's eps)."""
     return scale / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def _row_dots(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
-    """Dot products of the rows of a and b (B, H, L, D) -> (B, H, L) in ``dtype``, in blocks of tokens (the
-    products never held whole)."""
-    B, H, L, _ = a.shape
-    out = torch.empty(B, H, L, dtype=dtype, device=a.device)
-    step = max(1, _SLICE_ELEMENTS // a[:, :, :1].numel())
-    for t0 in range(0, L, step):
-        out[:, :, t0 : t0 + step] = torch.mul(a[:, :, t0 : t0 + step], b[:, :, t0 : t0 + step]).sum(-1)
-    return out
 
 
 def _merge(out: Tensor, lse: Tensor, o_r: Tensor, lse_r: Tensor) -> tuple[Tensor, Tensor]:

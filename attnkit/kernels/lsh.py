@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .alloc import token_major
+from .alloc import row_dots, token_major
 
-_DELTA_BLOCK = 1 << 16  # tokens per step when computing dO . O (bounds the temporary)
+_DELTA_ELEMENTS = 1 << 24  # products per step when computing dO . O (bounds the temporary)
 
 
 def triton_available() -> bool:
@@ -125,11 +125,7 @@ class _FusedLSH(torch.autograd.Function):
         # A token with no pair (lse = -inf) passed its own value through: its weights are 0 (lse -> +inf).
         lonely = lse == float("-inf")  # (N, L)
         lse = lse.masked_fill(lonely, float("inf"))
-        delta = torch.empty(B * H, L, dtype=torch.float32, device=qk.device)  # D_i = dO_i . O_i
-        for t0 in range(0, L, _DELTA_BLOCK):
-            t1 = min(t0 + _DELTA_BLOCK, L)
-            prod = grad_out[:, :, t0:t1].float() * out[:, :, t0:t1].float()
-            delta[:, t0:t1] = prod.sum(-1).reshape(B * H, t1 - t0)
+        delta = row_dots(grad_out, out, torch.float32, _DELTA_ELEMENTS).view(B * H, L)  # D_i = dO_i . O_i
         dqk = token_major(B, H, L, D, dtype=qk.dtype, device=qk.device).zero_()
         dv = token_major(B, H, L, Dv, dtype=v.dtype, device=qk.device).zero_()
         for r in range(R):
